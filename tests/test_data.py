@@ -348,7 +348,8 @@ def test_tfds_cifar10_mock_exact_eval():
 
 def test_tfds_imagenet2012_mock_224_crops():
   with tfds.testing.mock_data(num_examples=8):
-    d = data.build(cfg_for("imagenet2012", batch_size=8, eval_batch_size=8, read_threads=1),
+    d = data.build(cfg_for("imagenet2012", batch_size=8, eval_batch_size=8, read_threads=1,
+                           num_workers=0),
                    seed=0)
     assert d.info.input_shape == (224, 224, 3) and d.info.num_classes == 1000
     batch = host(next(d.train_iter()))
