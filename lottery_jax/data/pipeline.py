@@ -144,6 +144,15 @@ class _TrainExample(grain.transforms.RandomMap):
     return self._fn(element, rng)
 
 
+class _BatchMap(grain.transforms.Map):
+
+  def __init__(self, fn):
+    self._fn = fn
+
+  def map(self, element):
+    return self._fn(element)
+
+
 class _EvalExample(grain.transforms.Map):
   """Global eval slot -> preprocessed example with `valid`."""
 
@@ -300,6 +309,7 @@ class Data:
     self._train_fn = preprocess.make_example_fn(self.options, train=True,
                                                 augment=bool(cfg.augment))
     self._eval_fn = preprocess.make_example_fn(self.options, train=False, augment=False)
+    self._batch_fn = preprocess.make_batch_fn(self.options)
 
   def __repr__(self) -> str:
     return (f"Data({self.info}, global_batch_size={self.global_batch_size}, "
@@ -317,7 +327,7 @@ class Data:
       ds = ds.shuffle(seed=self._shuffle_seed)
     ds = _EpochStream(ds, per_epoch=self.steps_per_epoch * self.local_batch_size)
     ds = ds.random_map(_TrainExample(self._train_fn), seed=self._augment_seed)
-    ds = ds.batch(self.local_batch_size, drop_remainder=True)
+    ds = ds.batch(self.local_batch_size, drop_remainder=True).map(_BatchMap(self._batch_fn))
     return _iter_dataset(ds[start_step:], self.config)
 
   def train_iter(self, state: dict[str, Any] | None = None) -> TrainIterator:
@@ -335,7 +345,7 @@ class Data:
     ds = ds.map(_EvalExample(self._eval_records, self._eval_fn, self.info.num_eval,
                              self.eval_batch_size, self.local_eval_batch_size,
                              self.process_index))
-    ds = ds.batch(self.local_eval_batch_size)
+    ds = ds.batch(self.local_eval_batch_size).map(_BatchMap(self._batch_fn))
     it = iter(_iter_dataset(ds, self.config))
     try:
       for local in it:

@@ -197,10 +197,14 @@ def resize_square(img: np.ndarray, size: int, resample: str = "bilinear") -> np.
 
 def normalize(img: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
   """uint8 -> [0, 1]; then `(x - mean) / std` per channel, as float32."""
+  std = np.asarray(std, np.float64)
+  scale = (1 / 255 if img.dtype == np.uint8 else 1.0) / std
+  offset = np.asarray(mean, np.float64) / std
+  # One fused multiply-subtract instead of scale, subtract, divide.
   x = img.astype(np.float32)
-  if img.dtype == np.uint8:
-    x *= np.float32(1 / 255)
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  x *= scale.astype(np.float32)
+  x -= offset.astype(np.float32)
+  return x
 
 
 # ------------------------------------------------------------------------- recipes
@@ -239,17 +243,27 @@ RECIPES: dict[str, Callable[..., np.ndarray]] = {
 
 def make_example_fn(opts: Options, *, train: bool, augment: bool
                     ) -> Callable[[dict, np.random.Generator | None], dict]:
-  """Returns `fn(record, rng) -> {"image": float32, "label": int32}`.
+  """Returns `fn(record, rng) -> {"image": same dtype as the source, "label": int32}`.
 
   With `train and augment` the recipe's random augmentations are applied;
   otherwise the eval path of the recipe runs (the imagenet eval crop, or none).
+  Normalisation is left to `make_batch_fn`, which does it once per batch
+  (vectorised, and uint8 stays small until then).
   """
   recipe = RECIPES[opts.recipe]
   randomized = train and augment
 
   def fn(record: dict, rng: np.random.Generator | None) -> dict:
     img = recipe(record["image"], rng, opts, randomized)
-    return {"image": normalize(np.ascontiguousarray(img), opts.mean, opts.std),
-            "label": np.int32(record["label"])}
+    return {"image": np.ascontiguousarray(img), "label": np.int32(record["label"])}
+
+  return fn
+
+
+def make_batch_fn(opts: Options) -> Callable[[dict], dict]:
+  """Returns `fn(batch) -> batch` with the image normalised to float32."""
+
+  def fn(batch: dict) -> dict:
+    return {**batch, "image": normalize(batch["image"], opts.mean, opts.std)}
 
   return fn
