@@ -746,7 +746,7 @@ def apply(params: PyTree, masks: PyTree) -> PyTree:
   out = []
   for path, w, m in zip(paths, leaves, ms):
     _check_shape("apply", path, m, w, "mask", "parameter")
-    dtype = jnp.dtype(getattr(m, "dtype", np.asarray(m).dtype))
+    dtype = jnp.dtype(m.dtype if hasattr(m, "dtype") else np.asarray(m).dtype)
     if dtype == jnp.bool_:
       out.append(jnp.where(m, w, jnp.zeros((), jnp.asarray(w).dtype)))
     elif jnp.issubdtype(dtype, jnp.floating):
