@@ -7,5 +7,9 @@ BatchNorm uses batch statistics and updates its running averages.
 
 from lottery_jax.models.registry import ModelSpec, get, names, register, spec
 from lottery_jax.models import small  # noqa: F401  (registers models)
+from lottery_jax.models import cifar  # noqa: F401
+from lottery_jax.models import mobilenet  # noqa: F401
+from lottery_jax.models import resnet  # noqa: F401
+from lottery_jax.models.layers import BatchNorm
 
-__all__ = ["ModelSpec", "get", "names", "register", "spec"]
+__all__ = ["BatchNorm", "ModelSpec", "get", "names", "register", "spec"]
