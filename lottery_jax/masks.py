@@ -419,12 +419,11 @@ def _smallest(keys: jax.Array, k, sel: jax.Array | None = None) -> jax.Array:
   return below | (equal & (tie_rank <= remaining))
 
 
-def _keep_from_keys(keys: jax.Array, k, codes: jax.Array | None,
-                    shape: tuple) -> jax.Array:
+def _keep_from_keys(keys: jax.Array, k, codes: jax.Array | None) -> jax.Array:
+  """Flat keep mask: prune the k smallest keys, respecting a partition."""
   if codes is None:
     pruned = _smallest(keys, k)
   else:
-    codes = jnp.ravel(codes)
     frozen = codes == PRUNED
     search = codes == SEARCHABLE
     n_frozen = jnp.sum(frozen, dtype=jnp.int32)
@@ -433,25 +432,48 @@ def _keep_from_keys(keys: jax.Array, k, codes: jax.Array | None,
     # yields the nearest feasible sparsity; concrete ones raise before this).
     k_search = jnp.clip(k - n_frozen, 0, n_search)
     pruned = frozen | _smallest(keys, k_search, search)
-  return jnp.reshape(~pruned, shape)
+  return ~pruned
+
+
+# Kernels run on flattened leaves padded to a bucketed length, so one compiled
+# kernel serves every leaf size in a bucket (all leaves up to 4096 entries
+# share one). Padding entries get the key 2**32 - 1 and come last in index
+# order, so they are never selected. Under an outer jit the kernels inline.
+_MIN_BUCKET = 4096
+
+
+def _bucket(n: int) -> int:
+  """Padded length for ``n`` entries: at most 12.5% above ``n``."""
+  if n <= _MIN_BUCKET:
+    return _MIN_BUCKET
+  step = 1 << ((n - 1).bit_length() - 4)
+  return -(-n // step) * step
+
+
+def _pad_flat(x: Any, length: int, value: Any) -> jax.Array:
+  flat = jnp.ravel(x)
+  if flat.shape[0] == length:
+    return flat
+  return jnp.pad(flat, (0, length - flat.shape[0]), constant_values=value)
+
+
+def _mask_padding(keys: jax.Array, n) -> jax.Array:
+  iota = jax.lax.iota(jnp.int32, keys.shape[0])
+  return jnp.where(iota < n, keys, jnp.uint32(_U32_MAX))
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
-def _select_values(values: list, ks: list, codes: list, kind: str) -> list:
-  out = []
-  for v, k, c in zip(values, ks, codes):
-    x = jnp.abs(v) if kind == "magnitude" else v
-    out.append(_keep_from_keys(_order_keys(x), k, c, v.shape))
-  return out
+def _keep_flat(values: jax.Array, n, k, codes: jax.Array | None,
+               kind: str) -> jax.Array:
+  x = jnp.abs(values) if kind == "magnitude" else values
+  return _keep_from_keys(_mask_padding(_order_keys(x), n), k, codes)
 
 
-@functools.partial(jax.jit, static_argnames=("shapes",))
-def _select_random(rngs: list, ks: list, codes: list, shapes: tuple) -> list:
-  out = []
-  for rng, k, c, shape in zip(rngs, ks, codes, shapes):
-    bits = jax.random.bits(rng, (math.prod(shape),), jnp.uint32)
-    out.append(_keep_from_keys(bits, k, c, shape))
-  return out
+@functools.partial(jax.jit, static_argnames=("length",))
+def _keep_random_flat(rng: jax.Array, n, k, codes: jax.Array | None,
+                      length: int) -> jax.Array:
+  bits = jax.random.bits(rng, (length,), jnp.uint32)
+  return _keep_from_keys(_mask_padding(bits, n), k, codes)
 
 
 def _partition_leaves(fn: str, partition: PyTree | None, params: PyTree,
@@ -498,29 +520,28 @@ def _make_masks(fn: str, tree: PyTree, sparsities: Any, where: Predicate,
   sps = _aligned_leaves(fn, "params", tree, "sparsities", sparsities, treedef,
                         broadcast=True)
   codes = _partition_leaves(fn, partition, tree, paths, leaves, treedef)
-  out = [None] * len(leaves)
-  idx, sel_values, ks, sel_codes = [], [], [], []
+  out = []
   for i, (path, leaf, p, c) in enumerate(zip(paths, leaves, sps, codes)):
+    shape = np.shape(leaf)
     if not where(path, leaf):
-      out[i] = jnp.ones(np.shape(leaf), jnp.bool_)
+      out.append(jnp.ones(shape, jnp.bool_))
       continue
     n = _size(leaf)
     k = _leaf_count(fn, path, p, n)
     _check_feasible(fn, path, c, k, n, p)
-    idx.append(i)
-    sel_values.append(leaf)
-    ks.append(k if _is_traced(k) else np.int32(k))
-    sel_codes.append(c)
-  if idx:
+    k = k if _is_traced(k) else np.int32(k)
+    length = _bucket(n)
+    if c is not None:
+      c = _pad_flat(jnp.asarray(c, jnp.int8), length, LOCKED)
     if kind == "random":
-      rngs = [jax.random.fold_in(rng, i) for i in idx]
-      shapes = tuple(tuple(np.shape(v)) for v in sel_values)
-      selected = _select_random(rngs, ks, sel_codes, shapes)
+      keep = _keep_random_flat(jax.random.fold_in(rng, i), np.int32(n), k, c,
+                               length)
     else:
-      selected = _select_values([jnp.asarray(v) for v in sel_values], ks,
-                                sel_codes, kind)
-    for i, m in zip(idx, selected):
-      out[i] = m
+      values = jnp.asarray(leaf)
+      if not jnp.issubdtype(values.dtype, jnp.floating):
+        values = values.astype(jnp.float32)
+      keep = _keep_flat(_pad_flat(values, length, 0), np.int32(n), k, c, kind)
+    out.append(jnp.reshape(keep[:n], shape))
   return jax.tree.unflatten(treedef, out)
 
 
@@ -643,10 +664,29 @@ def erk_sparsities(shapes: Sequence[tuple], sparsity: Any,
   return [float(v) for v in out]
 
 
+def _protect_largest(keys: jax.Array) -> jax.Array:
+  """Gives the leaf's last-ranked entry (largest key, highest index among
+  ties) a key above every real key, so it is never selected."""
+  if keys.size == 0:
+    return keys
+  last = keys.size - 1 - jnp.argmax(keys[::-1])
+  return keys.at[last].set(_U32_MAX)
+
+
 @jax.jit
-def _global_counts(values: list, k) -> list:
-  """Per-leaf counts of the k smallest (|w|, leaf, index) over all leaves."""
-  keys = [_order_keys(jnp.abs(v)) for v in values]
+def _global_counts(values: list, sizes: list, k) -> list:
+  """Per-leaf counts of the k smallest (|w|, leaf, index) over all leaves,
+  never counting a leaf's last-ranked weight (no leaf is pruned whole).
+
+  ``values`` are flattened leaves padded to bucketed lengths; ``sizes`` their
+  real lengths.
+  """
+  keys = []
+  for v, n in zip(values, sizes):
+    kk = _order_keys(jnp.abs(v))
+    real = jax.lax.iota(jnp.int32, kk.shape[0]) < n
+    kk = _protect_largest(jnp.where(real, kk, jnp.uint32(0)))
+    keys.append(jnp.where(real, kk, jnp.uint32(_U32_MAX)))
 
   def body(_, carry):
     lo, hi = carry
@@ -674,7 +714,11 @@ def allocate(params: PyTree, sparsity: Any, method: str = "global_magnitude",
       such that exactly ``floor(s * N)`` weights fall below it (ties by leaf
       order, then flat index); a leaf's sparsity is ``count / n`` of its own
       pruned weights, so ``prune_counts``/``magnitude`` reproduce exactly the
-      global selection.
+      global selection. No leaf is pruned whole (sparsities must stay below
+      1): each leaf's largest weight is exempt from the threshold, and the
+      next-smallest weight elsewhere is pruned instead (only matters at
+      extreme targets). ``floor(s * N)`` must then be at most ``N - L`` for
+      ``L`` selected leaves.
     * ``"uniform"``: every selected leaf gets ``s``.
     * ``"erk"``: Erdos-Renyi-Kernel with iterative dense capping
       (:func:`erk_sparsities`); each leaf then prunes ``floor(p * n)``, so the
@@ -707,11 +751,24 @@ def allocate(params: PyTree, sparsity: Any, method: str = "global_magnitude",
                               erk_power_scale)
   elif method == "global_magnitude":
     total = sum(sizes)
+    cap = max(total - len(sizes), 0)  # one weight kept per leaf
     if _is_traced(sparsity):
-      k = _count_traced(sparsity, total, max(total - 1, 0))
+      k = _count_traced(sparsity, total, cap)
     else:
-      k = np.int32(_count_concrete(sparsity, total, max(total - 1, 0)))
-    counts = _global_counts([jnp.asarray(v) for v in sel], k)
+      k = _count_concrete(sparsity, total, total)
+      if k > cap:
+        raise ValueError(
+            f"allocate: sparsity {sparsity!r} prunes {k} of {total} weights, "
+            f"but keeping one weight in each of the {len(sizes)} selected "
+            f"leaves allows at most {cap}")
+      k = np.int32(k)
+    padded = []
+    for v, n in zip(sel, sizes):
+      v = jnp.asarray(v)
+      if not jnp.issubdtype(v.dtype, jnp.floating):
+        v = v.astype(jnp.float32)
+      padded.append(_pad_flat(v, _bucket(n), 0))
+    counts = _global_counts(padded, [np.int32(n) for n in sizes], k)
     if _is_traced(counts):
       per_leaf = [counts[j].astype(jnp.float32) / max(n, 1)
                   for j, n in enumerate(sizes)]
@@ -1074,17 +1131,14 @@ def total_sparsity(masks: PyTree, where: Predicate = prunable) -> float:
 # --------------------------------------------------------------------------- #
 
 
-@functools.partial(jax.jit, static_argnames=("shapes",))
-def _partition_codes(rngs: list, n_pruned: list, n_locked: list,
-                     shapes: tuple) -> list:
-  out = []
-  for rng, kp, kl, shape in zip(rngs, n_pruned, n_locked, shapes):
-    bits = jax.random.bits(rng, (math.prod(shape),), jnp.uint32)
-    pruned = _smallest(bits, kp)
-    frozen = _smallest(bits, kp + kl)  # a superset of `pruned`
-    codes = jnp.where(pruned, PRUNED, jnp.where(frozen, LOCKED, SEARCHABLE))
-    out.append(codes.astype(jnp.int8).reshape(shape))
-  return out
+@functools.partial(jax.jit, static_argnames=("length",))
+def _partition_codes_flat(rng: jax.Array, n, n_pruned, n_locked,
+                          length: int) -> jax.Array:
+  bits = _mask_padding(jax.random.bits(rng, (length,), jnp.uint32), n)
+  pruned = _smallest(bits, n_pruned)
+  frozen = _smallest(bits, n_pruned + n_locked)  # a superset of `pruned`
+  codes = jnp.where(pruned, PRUNED, jnp.where(frozen, LOCKED, SEARCHABLE))
+  return codes.astype(jnp.int8)
 
 
 def freeze(key: jax.Array, params: PyTree, prune_fraction: Any,
@@ -1156,7 +1210,6 @@ def freeze(key: jax.Array, params: PyTree, prune_fraction: Any,
     raise ValueError(f"{fn}: unknown distribution {distribution!r}; expected "
                      "'uniform' or 'erk'")
   out = [jnp.zeros(np.shape(leaf), jnp.int8) for leaf in leaves]
-  n_pruned, n_locked = [], []
   for i in idx:
     path, n, p, r = paths[i], _size(leaves[i]), ps[i], rs[i]
     _check_sparsity(fn, path, p, what="prune_fraction")
@@ -1174,14 +1227,9 @@ def freeze(key: jax.Array, params: PyTree, prune_fraction: Any,
     else:
       kl = min(kl, n - kp)
       kp, kl = np.int32(kp), np.int32(kl)
-    n_pruned.append(kp)
-    n_locked.append(kl)
-  if idx:
-    rngs = [jax.random.fold_in(key, i) for i in idx]
-    shapes = tuple(tuple(np.shape(leaves[i])) for i in idx)
-    codes = _partition_codes(rngs, n_pruned, n_locked, shapes)
-    for i, c in zip(idx, codes):
-      out[i] = c
+    codes = _partition_codes_flat(jax.random.fold_in(key, i), np.int32(n),
+                                  kp, kl, _bucket(n))
+    out[i] = jnp.reshape(codes[:n], np.shape(leaves[i]))
   return jax.tree.unflatten(treedef, out)
 
 
