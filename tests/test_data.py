@@ -387,3 +387,8 @@ def test_preprocessing_ops():
   assert flips == {small[0, 0].tobytes(), small[0, -1].tobytes()}
   x = preprocess.normalize(np.full((2, 2, 3), 255, np.uint8), (0.5,), (0.25,))
   np.testing.assert_allclose(x, 2.0)
+
+
+def test_unknown_name_is_a_clear_error():
+  with pytest.raises(ValueError, match="unknown data set 'no_such_data_set'"):
+    data.build(cfg_for("no_such_data_set"), seed=0)

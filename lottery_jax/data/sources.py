@@ -142,7 +142,7 @@ class _Tree:
     if self.is_zip:
       for name in self._zipfile().namelist():
         parts = name.strip("/").split("/")
-        if len(parts) >= 2 and name.endswith("/") and len(parts) == 2:
+        if len(parts) == 2 and name.endswith("/"):
           tree.setdefault(parts[0], {}).setdefault(parts[1], [])
         elif len(parts) == 1 and name.endswith("/"):
           tree.setdefault(parts[0], {})
@@ -205,6 +205,9 @@ class FolderRecords:
 def load_folder(cfg: Any, split: str) -> Split:
   """Images in `path/<split>/<class>/*.jpg|jpeg|png`, `path` a directory or zip.
 
+  The registered defaults suit CIFAR-like 32x32 folders (the cifar recipe and
+  CIFAR-10 mean/std); for ImageNet-like folders set preprocess="imagenet",
+  image_size=224, resize_size=256 and the ImageNet mean/std.
   Classes are the sub-folders of the train split, sorted by name (label =
   position). The eval split must not have classes the train split lacks.
   """
@@ -271,11 +274,18 @@ def _tfds_source(name: str, split: str, data_dir: str | None):
   except tfds.core.DatasetNotFoundError as e:
     raise ValueError(f"unknown data set {name!r}: not a registered name and not a TFDS "
                      f"data set ({str(e).splitlines()[0]})") from e
-  except Exception as e:  # Not prepared, or prepared as TFRecord: both need a build.
+  except Exception as e:  # pylint: disable=broad-except
     try:
-      searched = str(tfds.builder(name, data_dir=data_dir).data_dir)
+      builder = tfds.builder(name, data_dir=data_dir)
+      searched, prepared = str(builder.data_dir), builder.is_prepared()
     except Exception:  # pylint: disable=broad-except
       searched = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+      prepared = False
+    if prepared and not isinstance(e, NotImplementedError):
+      # Prepared (as array_record) but this split cannot be opened: a bad split name.
+      raise ValueError(f"TFDS data set {name!r} in {searched}: cannot open split {split!r}: "
+                       f"{e}") from e
+    # Not prepared, or prepared as TFRecord (NotImplementedError): both need a build.
     raise ValueError(
         f"TFDS data set {name!r} (split {split!r}) is not prepared as array_record in "
         f"{searched}. Prepare it with:\n  {_tfds_build_hint(name, data_dir)}\n"
