@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
@@ -14,6 +13,7 @@ from PIL import Image
 
 from lottery_jax import data
 from lottery_jax.data import pipeline, preprocess, registry
+from lottery_jax.data.sources import ArrayRecords
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_ZIP = os.path.join(REPO_ROOT, "..", "shared", "datasets", "cifar10-jpeg.zip")
@@ -25,12 +25,8 @@ CIFAR_ZIP = os.path.join(REPO_ROOT, "..", "shared", "datasets", "cifar10-jpeg.zi
 def _load_index(cfg, split):
   n = {"train": int(cfg.get("path") or 100), "test": 37}[split]
   x = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
-  return registry.Split(registry_records(x), num_classes=10, native_shape=(1, 1, 1))
-
-
-def registry_records(x):
-  from lottery_jax.data.sources import ArrayRecords
-  return ArrayRecords(x, np.arange(len(x)) % 10)
+  return registry.Split(ArrayRecords(x, np.arange(n) % 10), num_classes=10,
+                        native_shape=(1, 1, 1))
 
 
 def cfg_for(name, **kw):
