@@ -1,0 +1,1 @@
+"""The one engine: train state, sharded step builders, loop, checkpoints, results."""

@@ -1,0 +1,167 @@
+"""The config schema shared by every experiment, and its validation.
+
+Config files start from `base_config()` and change what they need; every field is
+overridable on the command line (`--config.sparsity=0.95`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+
+from lottery_jax.engine.errors import ConfigError
+
+# Fields that may change between a run and its resumption without changing results.
+RESUME_NEUTRAL = (
+    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "progress_bar",
+    "allow_config_change", "data.num_workers", "analysis.saliency_batches",
+    "tensorboard",
+)
+
+TRAIN_KINDS = ("weights", "scores")
+ALLOCATIONS = ("global_magnitude", "uniform", "erk")
+SCORE_INITS = ("magnitude", "abs", "random")
+RATE_SCHEDULES = ("constant", "decay")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = "train"        # registered experiment (lottery_jax.experiments)
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "digits_cnn"
+  c.model.kwargs = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()  # filled from lottery_jax.data.default_config(name)
+
+  # Where the starting weights come from: "" (fresh init), a run's workdir, or a
+  # checkpoint file (.pt/.pth torch, .safetensors, .npz).
+  c.pretrained = ""
+  c.search_random_weights = False  # allow train="scores" without pretrained weights
+                                   # (strong tickets); jackpots need pretrained ones
+
+  c.train = "weights"           # "weights" (dense / fine-tune) or "scores" (search)
+  c.sparsity = 0.0              # global target sparsity of the searched leaves
+  c.allocation = "global_magnitude"
+  c.exclude = ("classifier",)   # path patterns never pruned (the model's classifier
+                                # is added automatically unless prune_classifier)
+  c.prune_classifier = False
+
+  c.mask = ml_collections.ConfigDict()
+  c.mask.update_rule = "fixed"       # "fixed" or "swap"
+  c.mask.score_init = "magnitude"  # "magnitude" (1.0 kept / 0.99 pruned), "abs", "random"
+  c.mask.rate = 1.0             # swap-rule rate in (0, 1]: 1 reproduces the reference
+  c.mask.rate_schedule = "constant"  # or "decay": rate * (1 - t/T)^power
+  c.mask.rate_power = 4.0
+  c.mask.max_swaps = 0          # cap on swaps per layer per step; 0 = no cap
+  c.mask.from_pretrained = False  # take the masks of the run in `pretrained` (fine-tuning)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.schedule = "cosine"
+  c.optimizer.per_epoch = False
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.milestones = ()
+  c.optimizer.decay_factor = 0.1
+
+  c.num_epochs = 1.0
+  c.num_steps = 0               # if > 0, overrides num_epochs
+
+  # The optional "+T" stage of a jackpot: freeze the mask, fine-tune the surviving
+  # weights and BatchNorm (the paper's lr 0.01, wd 0).
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.num_epochs = 0.0
+  c.finetune.learning_rate = 0.01
+  c.finetune.weight_decay = 0.0
+
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.enabled = True
+  c.analysis.saliency_batches = 2
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2
+  c.eval_every_epochs = 0.0     # 0: evaluate at the start and the end only
+  c.progress_bar = True         # shown only when stdout is a terminal
+  c.tensorboard = True
+  c.multihost = False           # call jax.distributed.initialize()
+  c.allow_config_change = False  # resume even if the workdir's config differs
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad field, its value and what is expected."""
+
+  def need(cond, field, value, expected):
+    if not cond:
+      raise ConfigError(f"config.{field}={value!r} is invalid: expected {expected}")
+
+  need(c.train in TRAIN_KINDS, "train", c.train, f"one of {TRAIN_KINDS}")
+  need(isinstance(c.sparsity, (int, float)) and 0.0 <= c.sparsity < 1.0, "sparsity",
+       c.sparsity, "a number in [0, 1)")
+  need(c.allocation in ALLOCATIONS, "allocation", c.allocation, f"one of {ALLOCATIONS}")
+  need(c.mask.score_init in SCORE_INITS, "mask.score_init", c.mask.score_init,
+       f"one of {SCORE_INITS}")
+  need(0.0 < c.mask.rate <= 1.0, "mask.rate", c.mask.rate, "a number in (0, 1]")
+  need(c.mask.rate_schedule in RATE_SCHEDULES, "mask.rate_schedule",
+       c.mask.rate_schedule, f"one of {RATE_SCHEDULES}")
+  need(c.mask.rate_power > 0, "mask.rate_power", c.mask.rate_power, "a number > 0")
+  need(isinstance(c.mask.max_swaps, int) and c.mask.max_swaps >= 0, "mask.max_swaps",
+       c.mask.max_swaps, "an int >= 0 (0 = no cap)")
+  need(c.num_epochs > 0 or c.num_steps > 0, "num_epochs", c.num_epochs,
+       "> 0 (or num_steps > 0)")
+  need(c.num_steps >= 0, "num_steps", c.num_steps, ">= 0")
+  need(c.finetune.num_epochs >= 0, "finetune.num_epochs", c.finetune.num_epochs, ">= 0")
+  need(c.log_every_steps >= 1, "log_every_steps", c.log_every_steps, ">= 1")
+  need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps",
+       c.checkpoint_every_steps, ">= 1")
+  if c.mask.from_pretrained:
+    need(c.train == "weights", "mask.from_pretrained", True, "False unless train='weights'")
+    need(bool(c.pretrained), "pretrained", c.pretrained,
+         "a run's workdir when mask.from_pretrained=True")
+  elif c.train == "scores":
+    need(c.sparsity > 0, "sparsity", c.sparsity, "> 0 when train='scores' (a search)")
+    need(bool(c.pretrained) or c.search_random_weights, "pretrained", c.pretrained,
+         "the path of pretrained weights for a jackpot search (a run's workdir or a "
+         ".pt/.pth/.safetensors/.npz checkpoint); set --config.pretrained=PATH, or "
+         "--config.search_random_weights=True to search a randomly initialised network")
+  need(c.mask.update_rule in ("fixed", "swap"), "mask.update_rule", c.mask.update_rule,
+       "'fixed' or 'swap'")
+  if c.mask.update_rule == "swap":
+    need(c.train == "scores", "mask.update_rule", c.mask.update_rule,
+         "'fixed' unless train='scores'")
+
+
+def flatten(c: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  d = c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def to_json(c: ml_collections.ConfigDict) -> str:
+  return json.dumps(flatten(c), indent=1, sort_keys=True, default=str)
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """Fields whose values differ (ignoring the resume-neutral ones)."""
+  diffs = []
+  for key in sorted(set(saved) | set(current)):
+    if any(key == n or key.startswith(n + ".") for n in RESUME_NEUTRAL):
+      continue
+    a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+    if json.dumps(a, default=str) != json.dumps(b, default=str):
+      diffs.append(f"{key}: checkpoint has {a!r}, config has {b!r}")
+  return diffs

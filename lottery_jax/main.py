@@ -1,0 +1,35 @@
+"""Entry point: `python -m lottery_jax.main --config=configs/<file>.py --workdir=DIR`.
+
+Config fields are overridable: `--config.sparsity=0.95 --config.data.batch_size=64`.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and results (resumed if it exists).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.getLogger("lottery_jax").setLevel(logging.INFO)
+  from lottery_jax import experiments
+  from lottery_jax.engine.errors import NonFiniteLossError
+  config = FLAGS.config
+  try:
+    experiments.get(config.experiment)(config, FLAGS.workdir)
+  except NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,60 @@
+"""Shared recipes of the CIFAR configs (reference hyperparameters, ALGORITHMS.md)."""
+
+from lottery_jax import data
+from lottery_jax.engine.config import base_config
+
+
+def cifar_data(arg: str):
+  """CIFAR-10 from TFDS, or from an image folder/zip with the argument `folder=PATH`."""
+  if arg.startswith("folder="):
+    d = data.default_config("folder")
+    d.path = arg.split("=", 1)[1]
+    d.preprocess = "cifar"
+    d.pad = 4
+    d.flip = True
+    d.mean = (0.4914, 0.4822, 0.4465)
+    d.std = (0.2470, 0.2435, 0.2616)
+  elif arg in ("", "tfds"):
+    d = data.default_config("cifar10")
+  else:
+    raise ValueError(f"config argument {arg!r} is unknown; use 'tfds' or 'folder=PATH'")
+  d.batch_size = 128
+  d.eval_batch_size = 512
+  return d
+
+
+def cifar_search(arg: str, model: str):
+  c = base_config()
+  c.model.name = model
+  c.data = cifar_data(arg)
+  c.data.batch_size = 256
+  c.train = "scores"
+  c.sparsity = 0.9
+  c.allocation = "global_magnitude"
+  c.mask.update_rule = "swap"
+  c.mask.score_init = "magnitude"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.schedule = "cosine"
+  c.optimizer.per_epoch = True
+  c.num_epochs = 30.0
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.eval_every_epochs = 5.0
+  return c
+
+
+def cifar_pretrain(arg: str, model: str):
+  c = base_config()
+  c.model.name = model
+  c.data = cifar_data(arg)
+  c.train = "weights"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.schedule = "multistep"
+  c.optimizer.milestones = (80, 120)
+  c.num_epochs = 160.0
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.eval_every_epochs = 10.0
+  return c
