@@ -250,6 +250,10 @@ def load_torch_state_dict(path_or_dict: str | os.PathLike | Mapping[str, Any], m
       extras[_MASK_SUFFIXES[suffix]][base + ".weight"] = value
       continue
     weights[key] = value
+  mask_file = _masks_path(path_or_dict) if not isinstance(path_or_dict, Mapping) else None
+  if mask_file and os.path.exists(mask_file):
+    # Masks written by export_torch_state_dict; checked below like the weights.
+    extras["masks"].update(read_packed_masks(mask_file))
 
   missing = [k for k in expected if k not in weights]
   unexpected = [k for k in weights if k not in expected]
@@ -263,9 +267,11 @@ def load_torch_state_dict(path_or_dict: str | os.PathLike | Mapping[str, Any], m
       mismatched.append(f"{key} (checkpoint {tuple(value.shape)}, model {want})")
   for kind, entries in extras.items():
     for key, value in entries.items():
-      if key in weights and value.shape != weights[key].shape:
-        mismatched.append(f"{key[:-len('weight')]}{'mask' if kind == 'scores' else 'b_mask'} "
-                          f"(checkpoint {tuple(value.shape)}, weight {weights[key].shape})")
+      if key not in weights:
+        unexpected.append(f"{key} ({kind})")
+      elif value.shape != weights[key].shape:
+        mismatched.append(f"{key} {kind} (checkpoint {tuple(value.shape)}, "
+                          f"weight {weights[key].shape})")
   if missing or unexpected or mismatched:
     parts = [_listing("missing keys", missing), _listing("unexpected keys", unexpected),
              _listing("shape mismatches", mismatched)]
@@ -284,9 +290,6 @@ def load_torch_state_dict(path_or_dict: str | os.PathLike | Mapping[str, Any], m
     flat[collection][path] = convert(key, weights[key], s.dtype)
   variables = {c: _unflat(f) for c, f in flat.items()}
 
-  mask_file = _masks_path(path_or_dict) if not isinstance(path_or_dict, Mapping) else None
-  if mask_file and os.path.exists(mask_file):
-    extras["masks"].update(read_packed_masks(mask_file))
   for kind, entries in extras.items():
     if not entries:
       continue
