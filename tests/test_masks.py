@@ -11,7 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lottery_jax import masks as M
 
-FAST = settings(max_examples=15, deadline=None, derandomize=True)
+FAST = settings(max_examples=12, deadline=None, derandomize=True)
 
 
 def reference_keep(values, k, codes=None):
@@ -648,7 +648,7 @@ def test_property_global_allocation_exact(case, s):
 
 
 @FAST
-@given(pytrees(), st.integers(0, 2 ** 16), st.integers(2, 3))
+@given(pytrees(), st.integers(0, 2 ** 16), st.sampled_from([2, 3]))
 def test_property_algebra(case, seed, n_masks):
   tree, sp, _ = case
   ms = [M.random(jax.random.key(seed + j), tree, sp) for j in range(n_masks)]
