@@ -1,0 +1,350 @@
+"""The lottery-jackpot swap rule (mask update with short restriction), jit-compatible.
+
+Semantics (ALGORITHMS.md section 1; the reference is ``PretrainConv.ls_pop_up`` in
+``utils/conv_type.py`` of github.com/zyxxmu/lottery-jackpots, which reads, in short:
+``t = sort(m)[prune_num - 1]``; ``pop_idx0 = nonzero(m[pruned] > t)``;
+``pop_idx1 = nonzero(m[kept] <= t)``; act only if both are non-empty and of equal size;
+``sort(m[pruned][pop_idx0], descending=True)``, ``sort(m[kept][pop_idx1], descending=False)``;
+swap the first ``ceil(len * rate)`` of each), for one layer of ``n`` scores with prune count
+``k``:
+
+- ``t`` is the k-th smallest score.
+- Revive candidates ``R`` = pruned entries with score > t; drop candidates ``D`` = kept
+  entries with score <= t.
+- Only if ``R`` and ``D`` are both non-empty and ``|R| == |D|`` (equivalently: no tie
+  straddles the threshold, ``#{score <= t} == k``): order ``R`` by score descending and ``D``
+  by score ascending and swap the first ``m = ceil(rate * |R|)`` pairs (revive those ``R``,
+  prune those ``D``), capped at ``max_swaps`` when given (the short restriction). Otherwise
+  the mask is unchanged. Sparsity is therefore exact after every update.
+
+Decisions where the reference is silent or cannot be copied:
+
+- **Ties inside R or D** are broken by flat (row-major) index, lower index first, in both
+  orders. This is what a *stable* ``torch.sort`` would give on the reference's index lists;
+  the reference uses an unstable sort, so its choice among equal scores is unspecified.
+- **The swap count** ``m = ceil(rate * |R|)`` is computed in float32 (``rate`` rounded to
+  float32) with a relative tolerance of 2**-20 below the product, so that products that are
+  integers in exact arithmetic give that integer (``0.1 * 10 -> 1``). The reference computes
+  in float64, where for example ``0.7 * 10 = 7.000000000000001`` rounds up to 8. Any
+  ``rate > 0`` gives ``m >= 1`` when ``|R| > 0``. ``m`` never exceeds ``|R|``.
+- ``-0.0`` and ``0.0`` compare equal (as in the reference). Scores must be finite; NaN or
+  infinite scores give unspecified (but still exactly-sparse) masks.
+
+Algorithm and complexity (per layer of ``n`` weights, capacity ``C``, default 4096):
+
+Let ``p_1 >= p_2 >= ...`` be the pruned scores and ``q_1 <= q_2 <= ...`` the kept scores, and
+``j`` the number of inversions ``#{i : p_i > q_i}`` (a prefix, since ``p`` falls and ``q``
+rises). Then ``{p_(j+1), ...} + {q_1, ..., q_j}`` is a set of the k smallest scores, so
+``t = max(p_(j+1), q_j)``, and ``R`` and ``D`` lie within the first ``j + 1`` entries of each
+list. So two ``lax.top_k`` calls of static size ``C`` (the largest pruned scores and the
+smallest kept scores, each O(n log C) on the XLA CPU TopK kernel, in practice one pass over
+the layer) find ``t``, ``|R|``, ``|D|`` and the swap order exactly whenever ``j < C``. The
+swap itself is a scatter of at most ``C`` entries. When the layer has ``C`` or more
+inversions (far from convergence, e.g. random scores), a ``lax.cond`` falls back to one full
+sort of the layer (O(n log n)), which gives the same result. A converged layer (no
+inversion) costs the two top_k calls and nothing else.
+
+Under ``jax.vmap`` the ``lax.cond`` turns into a select and both branches run, so a vmapped
+update always pays the full sort.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+  "DEFAULT_CAPACITY",
+  "swap_update",
+  "swap_update_sort",
+  "swap_update_reference",
+  "update_masks",
+]
+
+# Static size of the top_k candidate lists; layers with more inversions use the full sort.
+DEFAULT_CAPACITY = 4096
+
+# ceil(rate * |R|) is taken on rate * |R| * (1 - _CEIL_TOLERANCE), see the module docstring.
+_CEIL_TOLERANCE = 2.0**-20
+
+
+def _check_prune_count(prune_count: Any, size: int) -> int:
+  if isinstance(prune_count, bool) or not isinstance(prune_count, (int, np.integer)):
+    raise TypeError(
+      f"prune_count must be a static Python int, got {prune_count!r} "
+      f"({type(prune_count).__name__})."
+    )
+  prune_count = int(prune_count)
+  if not 0 <= prune_count <= size:
+    raise ValueError(f"prune_count must be in [0, {size}] for a leaf of {size} entries, got {prune_count}.")
+  return prune_count
+
+
+def _check_rate(rate: Any) -> None:
+  """Validates a concrete rate; traced rates cannot be checked and are used as given."""
+  if isinstance(rate, jax.core.Tracer):
+    return
+  try:
+    value = float(rate)
+  except TypeError:  # a non-scalar array
+    raise ValueError(f"rate must be a scalar in (0, 1], got {rate!r}.") from None
+  if not 0.0 < value <= 1.0:
+    raise ValueError(f"rate must be in (0, 1], got {value!r}.")
+
+
+def _check_max_swaps(max_swaps: Any) -> int | None:
+  if max_swaps is None:
+    return None
+  if isinstance(max_swaps, bool) or not isinstance(max_swaps, (int, np.integer)) or max_swaps < 1:
+    raise ValueError(f"max_swaps must be None or a static int >= 1, got {max_swaps!r}.")
+  return int(max_swaps)
+
+
+def _num_swaps(rate: Any, n_revive: jax.Array, max_swaps: int | None) -> jax.Array:
+  """m = min(ceil(rate * |R|), |R|, max_swaps) as int32, in float32 (see module docstring)."""
+  product = jnp.asarray(rate, jnp.float32) * n_revive.astype(jnp.float32)
+  m = jnp.ceil(product * jnp.float32(1.0 - _CEIL_TOLERANCE)).astype(jnp.int32)
+  m = jnp.minimum(m, n_revive)
+  if max_swaps is not None:
+    m = jnp.minimum(m, max_swaps)
+  return m
+
+
+def _canonical_scores(score: jax.Array) -> jax.Array:
+  flat = score.reshape(-1)
+  if not jnp.issubdtype(flat.dtype, jnp.floating):
+    flat = flat.astype(jnp.float32)
+  # XLA's sort and TopK order floats by bit pattern (-0.0 < 0.0); the reference does not.
+  return jnp.where(flat == 0, jnp.zeros_like(flat), flat)
+
+
+def _apply_swaps(flat_mask, revive_order, drop_order, m):
+  """Revives revive_order[:m] and prunes drop_order[:m] (orders are index arrays)."""
+  n = flat_mask.shape[0]
+  revive_idx = jnp.where(jnp.arange(revive_order.shape[0]) < m, revive_order, n)
+  drop_idx = jnp.where(jnp.arange(drop_order.shape[0]) < m, drop_order, n)
+  flat_mask = flat_mask.at[revive_idx].set(True, mode="drop")
+  return flat_mask.at[drop_idx].set(False, mode="drop")
+
+
+def _sort_swap(flat_score, flat_mask, prune_count, rate, max_swaps):
+  """Full-sort implementation of the swap rule on flat arrays: O(n log n)."""
+  n = flat_score.shape[0]
+  iota = jnp.arange(n, dtype=jnp.int32)
+  # One stable sort gives t and the drop order (score ascending, index ascending).
+  sorted_score, perm = jax.lax.sort((flat_score, iota), num_keys=1, is_stable=True)
+  threshold = sorted_score[prune_count - 1]
+  revive = ~flat_mask & (flat_score > threshold)
+  drop = flat_mask & (flat_score <= threshold)
+  n_revive = jnp.sum(revive, dtype=jnp.int32)
+  n_drop = jnp.sum(drop, dtype=jnp.int32)
+  act = (n_revive > 0) & (n_revive == n_drop)
+  m = jnp.where(act, _num_swaps(rate, n_revive, max_swaps), 0)
+
+  # Drop: D entries in sorted order are already (score asc, index asc); take the first m.
+  drop_sorted = drop[perm]
+  drop_rank = jnp.cumsum(drop_sorted, dtype=jnp.int32)
+  chosen_drop = jnp.zeros_like(flat_mask).at[perm].set(drop_sorted & (drop_rank <= m))
+
+  # Revive: (score desc, index asc). Find the score v of the m-th best R entry from the top
+  # of the sorted order, revive every R above v and the lowest-index R entries equal to v.
+  revive_sorted_desc = revive[perm][::-1]
+  rank_desc = jnp.cumsum(revive_sorted_desc, dtype=jnp.int32)
+  pos = jnp.argmax(rank_desc >= jnp.maximum(m, 1))
+  v = sorted_score[::-1][pos]
+  above = revive & (flat_score > v)
+  need = m - jnp.sum(above, dtype=jnp.int32)
+  at_v = revive & (flat_score == v)
+  chosen_revive = above | (at_v & (jnp.cumsum(at_v, dtype=jnp.int32) <= need))
+  chosen_revive = chosen_revive & (m > 0)
+
+  new_mask = (flat_mask | chosen_revive) & ~chosen_drop
+  return new_mask, m
+
+
+def _topk_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
+  """Swap rule via two static-size top_k lists; falls back to _sort_swap when they are too short."""
+  n = flat_score.shape[0]
+  k = prune_count
+  neg_inf = jnp.array(-jnp.inf, flat_score.dtype)
+  len_p = min(capacity, k)
+  len_q = min(capacity, n - k)
+  common = min(len_p, len_q)
+  # Pruned scores descending and kept scores ascending; TopK puts the lower index first on
+  # ties, which is the documented tie rule for both orders.
+  p_vals, p_idx = jax.lax.top_k(jnp.where(flat_mask, neg_inf, flat_score), len_p)
+  neg_q_vals, q_idx = jax.lax.top_k(jnp.where(flat_mask, -flat_score, neg_inf), len_q)
+  q_vals = -neg_q_vals
+  inversions = jnp.sum(p_vals[:common] > q_vals[:common], dtype=jnp.int32)
+  # The lists decide everything when j < common: j itself, p_(j+1) for t = max(p_(j+1), q_j),
+  # all of R (within the first j) and |D| whenever it can equal |R| <= j. When j reaches
+  # common, they still do if j == min(k, n - k) (no more inversions possible) and each list
+  # is either longer than j or complete.
+  at_most = inversions == min(k, n - k)
+  if len_p < k:
+    at_most = at_most & (inversions < len_p)
+  if len_q < n - k:
+    at_most = at_most & (inversions < len_q)
+  exact = (inversions < common) | at_most
+
+  def fast(_):
+    p_ext = jnp.concatenate([p_vals, neg_inf[None]])
+    q_ext = jnp.concatenate([neg_inf[None], q_vals])
+    threshold = jnp.maximum(p_ext[inversions], q_ext[inversions])
+    n_revive = jnp.sum(p_vals > threshold, dtype=jnp.int32)  # all of R is in the list
+    n_drop = jnp.sum(q_vals <= threshold, dtype=jnp.int32)  # exact whenever it can equal n_revive
+    act = (n_revive > 0) & (n_revive == n_drop)
+    m = jnp.where(act, _num_swaps(rate, n_revive, max_swaps), 0)
+    return _apply_swaps(flat_mask, p_idx, q_idx, m), m
+
+  def slow(_):
+    return _sort_swap(flat_score, flat_mask, k, rate, max_swaps)
+
+  return jax.lax.cond(exact, fast, slow, None)
+
+
+def _prepare(score, mask, prune_count, rate, max_swaps):
+  score = jnp.asarray(score)
+  mask = jnp.asarray(mask)
+  if score.shape != mask.shape:
+    raise ValueError(f"score shape {score.shape} and mask shape {mask.shape} differ.")
+  if mask.dtype != jnp.bool_:
+    raise TypeError(f"mask must be bool (True = kept), got dtype {mask.dtype}.")
+  k = _check_prune_count(prune_count, score.size)
+  _check_rate(rate)
+  return score, mask, k, _check_max_swaps(max_swaps)
+
+
+def swap_update(
+  score: jax.Array,
+  mask: jax.Array,
+  prune_count: int,
+  rate: float | jax.Array,
+  max_swaps: int | None = None,
+  *,
+  capacity: int = DEFAULT_CAPACITY,
+) -> tuple[jax.Array, jax.Array]:
+  """Applies the jackpot swap rule to one leaf.
+
+  Args:
+    score: Float scores of any shape.
+    mask: Bool mask of the same shape, True = kept, with exactly ``prune_count`` False.
+    prune_count: Static number of pruned entries k (kept exact by the update).
+    rate: Fraction of the revive candidates to swap, in (0, 1]; may be a traced scalar.
+    max_swaps: Optional static cap on the swaps of this leaf in this call.
+    capacity: Static length of the top_k candidate lists (a speed knob; results do not
+      depend on it).
+
+  Returns:
+    ``(new_mask, n_swaps)``: the updated bool mask (same shape) and the number of swapped
+    pairs as an int32 scalar.
+  """
+  score, mask, k, max_swaps = _prepare(score, mask, prune_count, rate, max_swaps)
+  n = score.size
+  if k == 0 or k == n:  # R (or D) is empty by construction
+    return mask, jnp.zeros((), jnp.int32)
+  if capacity < 1:
+    raise ValueError(f"capacity must be >= 1, got {capacity}.")
+  new_flat, m = _topk_swap(_canonical_scores(score), mask.reshape(-1), k, rate, max_swaps, capacity)
+  return new_flat.reshape(mask.shape), m
+
+
+def swap_update_sort(
+  score: jax.Array,
+  mask: jax.Array,
+  prune_count: int,
+  rate: float | jax.Array,
+  max_swaps: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Same contract as :func:`swap_update`, always with one full sort of the leaf."""
+  score, mask, k, max_swaps = _prepare(score, mask, prune_count, rate, max_swaps)
+  if k == 0 or k == score.size:
+    return mask, jnp.zeros((), jnp.int32)
+  new_flat, m = _sort_swap(_canonical_scores(score), mask.reshape(-1), k, rate, max_swaps)
+  return new_flat.reshape(mask.shape), m
+
+
+def update_masks(
+  scores: Any,
+  masks: Any,
+  prune_counts: Any,
+  rate: float | jax.Array,
+  max_swaps: int | None = None,
+  *,
+  capacity: int = DEFAULT_CAPACITY,
+  impl: str = "topk",
+) -> tuple[Any, Any]:
+  """Applies :func:`swap_update` to every leaf of matching pytrees.
+
+  Args:
+    scores: Pytree of float score arrays.
+    masks: Pytree of bool masks with the structure of ``scores``.
+    prune_counts: Pytree of static ints with the structure of ``scores``; leaves with 0
+      pass through unchanged with 0 swaps.
+    rate: Fraction in (0, 1], shared by all leaves; may be traced.
+    max_swaps: Optional static cap on swaps per leaf per call.
+    capacity: See :func:`swap_update`.
+    impl: ``"topk"`` (default, fast) or ``"sort"`` (full sort per leaf, for comparison).
+
+  Returns:
+    ``(new_masks, n_swaps)``: the new masks, and a pytree of int32 scalars (swaps per leaf).
+  """
+  _check_rate(rate)
+  if impl == "topk":
+    fn = lambda s, m, k: swap_update(s, m, k, rate, max_swaps, capacity=capacity)
+  elif impl == "sort":
+    fn = lambda s, m, k: swap_update_sort(s, m, k, rate, max_swaps)
+  else:
+    raise ValueError(f"impl must be 'topk' or 'sort', got {impl!r}.")
+  treedef = jax.tree.structure(scores)
+  score_leaves = treedef.flatten_up_to(scores)
+  mask_leaves = treedef.flatten_up_to(masks)
+  count_leaves = treedef.flatten_up_to(prune_counts)
+  results = [fn(s, m, k) for s, m, k in zip(score_leaves, mask_leaves, count_leaves)]
+  new_masks = treedef.unflatten([r[0] for r in results])
+  n_swaps = treedef.unflatten([r[1] for r in results])
+  return new_masks, n_swaps
+
+
+def swap_update_reference(
+  score: np.ndarray,
+  mask: np.ndarray,
+  prune_count: int,
+  rate: float,
+  max_swaps: int | None = None,
+) -> tuple[np.ndarray, int]:
+  """Direct NumPy port of the reference ``ls_pop_up`` (for tests), with the tie rule above.
+
+  Returns:
+    ``(new_mask, n_swaps)`` as a NumPy bool array and a Python int.
+  """
+  score = np.asarray(score)
+  mask = np.asarray(mask, dtype=bool)
+  m_flat = score.reshape(-1).astype(np.float32) + np.float32(0.0)  # -0.0 -> 0.0
+  flat_bm = mask.reshape(-1).copy()
+  k = int(prune_count)
+  if k == 0:
+    return mask.copy(), 0
+  threshold = np.sort(m_flat)[k - 1]
+  idx0 = np.nonzero(~flat_bm)[0]  # pruned, ascending flat index
+  idx1 = np.nonzero(flat_bm)[0]  # kept
+  pop_idx0 = np.nonzero(m_flat[idx0] > threshold)[0]
+  pop_idx1 = np.nonzero(m_flat[idx1] <= threshold)[0]
+  if pop_idx0.size == 0 or pop_idx1.size == 0 or pop_idx0.size != pop_idx1.size:
+    return mask.copy(), 0
+  # Stable sorts: equal scores keep ascending flat-index order.
+  sorted_pop_idx0 = np.argsort(-m_flat[idx0][pop_idx0], kind="stable")
+  sorted_pop_idx1 = np.argsort(m_flat[idx1][pop_idx1], kind="stable")
+  n_revive = pop_idx0.size
+  product = np.float32(np.float32(rate) * np.float32(n_revive))
+  pop_num = int(math.ceil(np.float32(product * np.float32(1.0 - _CEIL_TOLERANCE))))
+  pop_num = min(pop_num, n_revive)
+  if max_swaps is not None:
+    pop_num = min(pop_num, int(max_swaps))
+  flat_bm[idx0[pop_idx0][sorted_pop_idx0[:pop_num]]] = True
+  flat_bm[idx1[pop_idx1][sorted_pop_idx1[:pop_num]]] = False
+  return flat_bm.reshape(mask.shape), pop_num
