@@ -7,6 +7,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -17,6 +18,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # Orbax and Grain log every save at INFO through absl; keep the console to ours.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("lottery_jax").setLevel(logging.INFO)
   from lottery_jax import experiments
   from lottery_jax.engine.errors import NonFiniteLossError

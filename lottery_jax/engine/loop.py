@@ -238,7 +238,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     initial_eval = r.evaluate(state)
     with open(initial_path, "w") as f:
       json.dump(initial_eval, f)
-  log.info("initial eval: %s", initial_eval)
+  log.info("%s: initial eval accuracy %.4f loss %.4f", workdir,
+           initial_eval["accuracy"], initial_eval["loss"])
 
   writer = results.MetricWriter(workdir, enabled=config.tensorboard)
   start_time = time.time()
@@ -265,6 +266,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
           history.append(row)
           writer.write(step, row)
           progress.update(step, row)
+          if not progress.active:
+            log.info("step %d/%d  loss %.4f  accuracy %.4f  swaps/step %.1f", step,
+                     r.total_steps, row["train/loss"], row["train/accuracy"],
+                     row["swaps/total"])
           acc, acc_n = None, 0
         if eval_every and step % eval_every == 0 and not last:
           writer.write(step, {f"eval/{k}": v for k, v in r.evaluate(state).items()})
@@ -287,6 +292,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                               final_eval=final_eval, history=history,
                               wall_time_s=wall, config_json=config_json)
   results.export(workdir, r, state)
+  log.info("%s: final eval accuracy %.4f loss %.4f after %d steps (%.0f s)", workdir,
+           final_eval["accuracy"], final_eval["loss"], int(r.total_steps), wall)
   with open(summary_path, "w") as f:
     json.dump(summary, f, indent=1, default=float)
   checkpointer.close()

@@ -172,6 +172,10 @@ class _Progress:
       self._bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
     self._last = initial
 
+  @property
+  def active(self) -> bool:
+    return self._bar is not None
+
   def update(self, step, row):
     if self._bar is None:
       return

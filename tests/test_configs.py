@@ -1,0 +1,136 @@
+"""Every config in configs/ runs end to end for a few steps on tiny or mock data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lottery_jax import load_run
+from lottery_jax import experiments
+from lottery_jax.engine import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+
+def load_config(name: str, arg: str | None = None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def shrink(c, *, steps=2, batch=16, eval_examples=32, **data):
+  c.num_steps = steps
+  c.num_epochs = 1.0
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = steps
+  c.eval_every_epochs = 0.0
+  c.tensorboard = False
+  c.analysis.saliency_batches = 1
+  c.data.per_device_batch_size = 0
+  c.data.batch_size = batch
+  c.data.eval_batch_size = batch
+  c.data.max_train_examples = 4 * batch
+  c.data.max_eval_examples = eval_examples
+  c.data.num_workers = 0
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def test_every_config_is_covered():
+  names = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py"))
+  covered = {"quickstart", "jackpot_r32_cifar10", "jackpot_vgg19_cifar10",
+             "pretrain_r32_cifar10", "pretrain_vgg19_cifar10",
+             "pretrain_resnet20_cifar10", "jackpot_r50"}
+  assert set(names) == covered, f"add a test for {set(names) - covered}"
+
+
+@pytest.mark.parametrize("model", ["r32", "vgg19"])
+def test_cifar_pretrain_then_jackpot_on_mock_tfds(tmp_path, model):
+  with tfds.testing.mock_data(num_examples=64):
+    pre = shrink(load_config(f"pretrain_{model}_cifar10"))
+    loop.run(pre, str(tmp_path / "pretrain"))
+    search = shrink(load_config(f"jackpot_{model}_cifar10"))
+    search.pretrained = str(tmp_path / "pretrain")
+    summary = loop.run(search, str(tmp_path / "search"))
+  assert summary["steps"] == 2
+  assert abs(summary["sparsity"]["of_pruned_layers"] - 0.9) < 1e-3
+  assert "iou_magnitude" in summary["mask_analysis"]
+
+
+def test_resnet20_pretrain_from_an_image_folder_zip(tmp_path):
+  from PIL import Image
+  import zipfile
+  path = tmp_path / "tiny.zip"
+  rng = np.random.default_rng(0)
+  with zipfile.ZipFile(path, "w") as z:
+    for split in ("train", "test"):
+      for cls in ("cat", "dog"):
+        for i in range(8):
+          img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+          buf = tmp_path / "img.png"
+          img.save(buf)
+          z.write(buf, f"{split}/{cls}/{i}.png")
+  c = shrink(load_config("pretrain_resnet20_cifar10", f"folder={path}"), batch=8,
+             eval_examples=16)
+  summary = loop.run(c, str(tmp_path / "run"))
+  assert summary["final_eval"]["examples"] == 16
+
+
+def test_jackpot_r50_from_torchvision_weights_on_mock_imagenet(tmp_path):
+  """Exports random ResNet-50 weights as a torchvision state dict, then searches it."""
+  import jax
+  import jax.numpy as jnp
+  from lottery_jax import convert, models
+  model = models.get("resnet50", num_classes=1000)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3)), train=False))(
+      jax.random.PRNGKey(0))
+  weights = tmp_path / "resnet50.safetensors"
+  convert.export_torch_state_dict(variables, "resnet50", str(weights))
+  c = load_config("jackpot_r50")
+  assert c.sparsity == 0.9 and c.num_epochs == 30 and c.data.name == "imagenet2012"
+  c = shrink(c, steps=1, batch=8, eval_examples=8, image_size=64, resize_size=73)
+  c.pretrained = str(weights)
+  with tfds.testing.mock_data(num_examples=32):
+    summary = loop.run(c, str(tmp_path / "run"))
+  assert summary["steps"] == 1
+  run = load_run(str(tmp_path / "run"))
+  assert not run["masks"]["fc"]["kernel"].size or run["masks"]["fc"]["kernel"].all()
+
+
+def test_quickstart_short(tmp_path):
+  c = load_config("quickstart")
+  c.num_epochs = 1.0
+  c.pretrain.num_epochs = 2.0
+  out = experiments.get(c.experiment)(c, str(tmp_path))
+  assert "magnitude-pruned 97%, no search" in out["table"]
+  with open(tmp_path / "summary.json") as f:
+    assert json.load(f)["jackpot"]["accuracy"] == out["jackpot"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_quickstart_main_job_meets_its_promise(tmp_path):
+  """The README's main job: jackpot within 2 points of dense, >= 5 above magnitude."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one device, as on a fresh machine
+  out = subprocess.run(
+      [sys.executable, "-m", "lottery_jax.main", "--config=configs/quickstart.py",
+       f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "summary.json") as f:
+    s = json.load(f)
+  dense, magnitude, jackpot = (s["dense"]["accuracy"], s["magnitude_no_search"]["accuracy"],
+                               s["jackpot"]["accuracy"])
+  assert jackpot >= dense - 0.02, s["table"]
+  assert jackpot >= magnitude + 0.05, s["table"]
+  assert "jackpot 97%" in out.stdout
