@@ -86,10 +86,10 @@ def total_steps_of(config, steps_per_epoch: int) -> int:
 
 
 def rate_fn_of(config, total_steps: int):
+  from lottery_jax import search
   if config.mask.rate_schedule == "constant":
-    return lambda step: jnp.float32(config.mask.rate)
-  from lottery_jax.search import schedules
-  decay = schedules.decaying_rate(total_steps, config.mask.rate_power)
+    return search.constant_rate(config.mask.rate)
+  decay = search.decaying_rate(total_steps, config.mask.rate_power)
   return lambda step: config.mask.rate * decay(step)
 
 
