@@ -50,6 +50,7 @@ update always pays the full sort.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -131,6 +132,9 @@ def _apply_swaps(flat_mask, revive_order, drop_order, m):
   return flat_mask.at[drop_idx].set(False, mode="drop")
 
 
+# Jitted with static counts so that eager calls compile the whole update once per shape;
+# inside an outer jit they are inlined.
+@functools.partial(jax.jit, static_argnames=("prune_count", "max_swaps"))
 def _sort_swap(flat_score, flat_mask, prune_count, rate, max_swaps):
   """Full-sort implementation of the swap rule on flat arrays: O(n log n)."""
   n = flat_score.shape[0]
@@ -166,6 +170,7 @@ def _sort_swap(flat_score, flat_mask, prune_count, rate, max_swaps):
   return new_mask, m
 
 
+@functools.partial(jax.jit, static_argnames=("prune_count", "max_swaps", "capacity"))
 def _topk_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
   """Swap rule via two static-size top_k lists; falls back to _sort_swap when they are too short."""
   n = flat_score.shape[0]
@@ -202,14 +207,27 @@ def _topk_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
     return _apply_swaps(flat_mask, p_idx, q_idx, m), m
 
   def slow(_):
-    return _sort_swap(flat_score, flat_mask, k, rate, max_swaps)
+    return _sort_swap(flat_score, flat_mask, prune_count=k, rate=rate, max_swaps=max_swaps)
 
   return jax.lax.cond(exact, fast, slow, None)
 
 
+def _unshard_explicit(x: jax.Array) -> jax.Array:
+  """Replicates a leaf sharded over Explicit mesh axes (top_k and sort need whole rows).
+
+  With Auto axes (the default mesh) XLA's partitioner does this by itself; with Explicit
+  axes the sharding is part of the type and top_k refuses a sharded axis.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is None or all(axis is None for axis in spec):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+
+
 def _prepare(score, mask, prune_count, rate, max_swaps):
-  score = jnp.asarray(score)
-  mask = jnp.asarray(mask)
+  score = _unshard_explicit(jnp.asarray(score))
+  mask = _unshard_explicit(jnp.asarray(mask))
   if score.shape != mask.shape:
     raise ValueError(f"score shape {score.shape} and mask shape {mask.shape} differ.")
   if mask.dtype != jnp.bool_:
@@ -249,7 +267,9 @@ def swap_update(
     return mask, jnp.zeros((), jnp.int32)
   if capacity < 1:
     raise ValueError(f"capacity must be >= 1, got {capacity}.")
-  new_flat, m = _topk_swap(_canonical_scores(score), mask.reshape(-1), k, rate, max_swaps, capacity)
+  new_flat, m = _topk_swap(
+    _canonical_scores(score), mask.reshape(-1), prune_count=k, rate=rate, max_swaps=max_swaps, capacity=capacity
+  )
   return new_flat.reshape(mask.shape), m
 
 
@@ -264,7 +284,9 @@ def swap_update_sort(
   score, mask, k, max_swaps = _prepare(score, mask, prune_count, rate, max_swaps)
   if k == 0 or k == score.size:
     return mask, jnp.zeros((), jnp.int32)
-  new_flat, m = _sort_swap(_canonical_scores(score), mask.reshape(-1), k, rate, max_swaps)
+  new_flat, m = _sort_swap(
+    _canonical_scores(score), mask.reshape(-1), prune_count=k, rate=rate, max_swaps=max_swaps
+  )
   return new_flat.reshape(mask.shape), m
 
 
