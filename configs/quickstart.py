@@ -10,7 +10,7 @@ IoU with the magnitude mask. Results in <workdir>/summary.json.
 
 import ml_collections
 
-from lottery_jax import data
+from lottery_jax import data, recipes
 from lottery_jax.engine.config import base_config
 
 
@@ -22,16 +22,10 @@ def get_config():
   c.data = data.default_config("digits")
   c.data.batch_size = 64
 
-  # Stage 2: the jackpot search (ALGORITHMS.md section 1, reference hyperparameters).
-  c.train = "scores"
-  c.sparsity = 0.97
-  c.allocation = "global_magnitude"
-  c.mask.update_rule = "swap"
-  c.mask.score_init = "magnitude"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.schedule = "cosine"
-  c.num_epochs = 20.0
+  # Stage 2: the jackpot search (ALGORITHMS.md section 1, reference hyperparameters,
+  # cosine decayed every step since the search is short).
+  recipes.jackpot_search(c, sparsity=0.97, weight_decay=5e-4, num_epochs=20.0,
+                         per_epoch=False)
 
   # Stage 1: dense pretraining (fields override the ones above for that stage).
   c.pretrain = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""Shared recipes of the CIFAR configs (reference hyperparameters, ALGORITHMS.md)."""
+"""Shared recipes of the config files (reference hyperparameters, ALGORITHMS.md)."""
 
 from lottery_jax import data
 from lottery_jax.engine.config import base_config
@@ -23,21 +23,32 @@ def cifar_data(arg: str):
   return d
 
 
+def jackpot_search(c, *, sparsity: float, weight_decay: float, num_epochs: float,
+                   per_epoch: bool = True):
+  """Sets `c` up as a lottery-jackpot search with the reference's choices: global
+  magnitude allocation, magnitude-initialised scores (1.0 / 0.99), the swap rule at
+  rate 1, SGD lr 0.1 momentum 0.9 with coupled weight decay on the scores, cosine
+  decay (stepped once per epoch in the reference)."""
+  c.train = "scores"
+  c.sparsity = sparsity
+  c.allocation = "global_magnitude"
+  c.mask.update_rule = "swap"
+  c.mask.score_init = "magnitude"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = weight_decay
+  c.optimizer.schedule = "cosine"
+  c.optimizer.per_epoch = per_epoch
+  c.num_epochs = num_epochs
+  return c
+
+
 def cifar_search(arg: str, model: str):
   c = base_config()
   c.model.name = model
   c.data = cifar_data(arg)
   c.data.batch_size = 256
-  c.train = "scores"
-  c.sparsity = 0.9
-  c.allocation = "global_magnitude"
-  c.mask.update_rule = "swap"
-  c.mask.score_init = "magnitude"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.schedule = "cosine"
-  c.optimizer.per_epoch = True
-  c.num_epochs = 30.0
+  jackpot_search(c, sparsity=0.9, weight_decay=5e-4, num_epochs=30.0)
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.eval_every_epochs = 5.0

@@ -113,6 +113,8 @@ def test_quickstart_short(tmp_path):
   c.pretrain.num_epochs = 2.0
   out = experiments.get(c.experiment)(c, str(tmp_path))
   assert "magnitude-pruned 97%, no search" in out["table"]
+  assert os.listdir(tmp_path / "jackpot" / "tensorboard")  # event files written
+  assert os.path.exists(tmp_path / "jackpot" / "torch_state_dict.masks.safetensors")
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["jackpot"]["accuracy"] == out["jackpot"]["accuracy"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -15,31 +16,29 @@ import pytest
 
 from lottery_jax import load_run
 from lottery_jax.engine import loop
-from lottery_jax.engine.config import base_config
 from lottery_jax.engine.errors import (CheckpointMismatchError, ConfigError,
                                        NonFiniteLossError)
-from lottery_jax import data as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-  c = base_config()
-  c.model.name = "digits_cnn"
-  c.model.kwargs = {"widths": (8, 16, 16)}
-  c.data = data_lib.default_config("digits")
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 128
-  c.data.max_train_examples = 256
-  c.data.max_eval_examples = 200
-  c.num_steps = 6
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 3
-  c.analysis.saliency_batches = 1
-  c.tensorboard = False
+  """Dense training on a digits subset (tests/configs/tiny_search.py made dense)."""
+  c = _tiny_search_config()
+  c.train = "weights"
+  c.sparsity = 0.0
+  c.mask.update_rule = "fixed"
   for k, v in overrides.items():
     c.update_from_flattened_dict({k: v})
   return c
+
+
+def _tiny_search_config():
+  spec = importlib.util.spec_from_file_location(
+      "tiny_search", os.path.join(REPO, "tests", "configs", "tiny_search.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def search_config(pretrained, **overrides):

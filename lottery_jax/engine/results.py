@@ -6,6 +6,8 @@
   `params/conv0/kernel` (Flax layout).
 * `masks.safetensors`: masks bit-packed (one bit per weight, `masks.pack`), and
   `scores.safetensors` for searches.
+* `torch_state_dict.safetensors` (+ `.masks.safetensors`): the masked weights in
+  PyTorch layout and names (`lottery_jax.convert.export_torch_state_dict`).
 * TensorBoard event files under `tensorboard/`.
 
 `load_run(workdir)` returns all of it as NumPy arrays in nested dicts.
@@ -66,6 +68,13 @@ def export(workdir: str, run, state) -> None:
     scores = _plain(state.scores)
   save_file(flatten_dict({"params": params, "batch_stats": batch_stats}),
             os.path.join(workdir, "variables.safetensors"))
+  # The same sub-network in PyTorch layout and names (torchvision's for the
+  # torchvision models), masks bit-packed beside it, for use outside JAX.
+  from lottery_jax import convert
+  convert.export_torch_state_dict(
+      {"params": params, "batch_stats": batch_stats}, run.config.model.name,
+      os.path.join(workdir, "torch_state_dict.safetensors"), masks=masks,
+      **run.config.model.kwargs.to_dict())
   packed = _plain(mask_algebra.pack(masks))
   save_file(flatten_dict(packed), os.path.join(workdir, "masks.safetensors"))
   if run.program.train_scores:
