@@ -3,11 +3,12 @@ epochs, reference hyperparameters (SGD 0.1, momentum 0.9, wd 1e-4 on the scores,
 cosine stepped per epoch, global batch 256 = 16 per device on the 16 chips of a
 TPU v4-32 slice; scale per_device_batch_size for other slices).
 
-  python -m lottery_jax.main --config=configs/jackpot_r50.py --workdir=gs://.../r50 \
+  python -m lottery_jax.main --config=configs/jackpot_r50.py --workdir=/mnt/shared/runs/r50 \
       --config.pretrained=/path/to/resnet50-0676ba61.pth
 
 ImageNet from TFDS (`tfds build imagenet2012 --file_format=array_record
---manual_dir=...`); on a pod see launch/tpu_pod.sh (multihost=True).
+--manual_dir=...`); on a pod see launch/tpu_pod.sh (multihost=True; the workdir must be a
+filesystem every host sees: Filestore/NFS, or a GCS bucket mounted with gcsfuse).
 Published (paper): 72.43% top-1 at 90% sparsity after 30 search epochs, 74.62%
 with 10 more tuning epochs (set finetune.num_epochs=10).
 """

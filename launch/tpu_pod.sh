@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run a lottery_jax config on every host of a Cloud TPU VM pod slice.
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/jackpot_r50.py gs://bucket/runs/r50 [--config.x=y ...]
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/jackpot_r50.py /mnt/shared/runs/r50 [--config.x=y ...]
 #
 # Every host installs the package (with the TPU extra) from this checkout, then
 # runs the same command; the config's `multihost=True` makes each call
 # jax.distributed.initialize(), each host reads only its shard of the data, and
-# Orbax writes one checkpoint to the (shared, e.g. GCS) workdir. Re-running the
+# Orbax writes one checkpoint to the workdir, which must be a filesystem every host
+# sees (Filestore/NFS, or a GCS bucket mounted with gcsfuse at the same path). Re-running the
 # same command after a preemption resumes from the last checkpoint.
 set -euo pipefail
 if [ $# -lt 4 ]; then

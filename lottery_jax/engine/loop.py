@@ -215,9 +215,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   ckpt_dir = os.path.join(workdir, "checkpoints")
   _check_resumable(workdir, ckpt_dir, config_json, config.allow_config_change)
 
+  # On a pod the workdir is a shared filesystem (Filestore/NFS, or a bucket mounted
+  # with gcsfuse); Orbax coordinates the checkpoint writes, process 0 writes the rest.
+  lead = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config_json, f, indent=1, sort_keys=True)
+  if lead:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_json, f, indent=1, sort_keys=True)
 
   checkpointer = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
   train_iter = r.data.train_iter()
@@ -236,8 +240,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       initial_eval = json.load(f)
   else:
     initial_eval = r.evaluate(state)
-    with open(initial_path, "w") as f:
-      json.dump(initial_eval, f)
+    if lead:
+      with open(initial_path, "w") as f:
+        json.dump(initial_eval, f)
   log.info("%s: initial eval accuracy %.4f loss %.4f", workdir,
            initial_eval["accuracy"], initial_eval["loss"])
 
@@ -291,11 +296,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   summary = results.summarize(r, state, initial_eval=initial_eval,
                               final_eval=final_eval, history=history,
                               wall_time_s=wall, config_json=config_json)
-  results.export(workdir, r, state)
+  if lead:
+    results.export(workdir, r, state)
   log.info("%s: final eval accuracy %.4f loss %.4f after %d steps (%.0f s)", workdir,
            final_eval["accuracy"], final_eval["loss"], int(r.total_steps), wall)
-  with open(summary_path, "w") as f:
-    json.dump(summary, f, indent=1, default=float)
+  if lead:
+    with open(summary_path, "w") as f:
+      json.dump(summary, f, indent=1, default=float)
   checkpointer.close()
   return summary
 

@@ -69,6 +69,9 @@ __all__ = [
 # Static size of the top_k candidate lists; layers with more inversions use the full sort.
 DEFAULT_CAPACITY = 4096
 
+# Block length of the blocked top_k (see _blocked_top_k).
+_BLOCK = 32
+
 # ceil(rate * |R|) is taken on rate * |R| * (1 - _CEIL_TOLERANCE), see the module docstring.
 _CEIL_TOLERANCE = 2.0**-20
 
@@ -170,6 +173,28 @@ def _sort_swap(flat_score, flat_mask, prune_count, rate, max_swaps):
   return new_mask, m
 
 
+def _blocked_top_k(values: jax.Array, count: int, block: int = _BLOCK) -> tuple[jax.Array, jax.Array]:
+  """Exactly ``lax.top_k(values, count)`` for 1-D values, in about one pass over them.
+
+  Block maxima (one fused reduction) -> the ``count`` best blocks -> top_k over those blocks
+  only. Every one of the ``count`` best entries lies in one of the ``count`` best blocks
+  (ranked by their best entry, value descending then index ascending), and gathering the
+  chosen blocks in ascending block order keeps ties ordered by flat index.
+  """
+  n = values.shape[0]
+  if n <= 2 * count * block:  # too small to gain anything
+    return jax.lax.top_k(values, count)
+  n_blocks = -(-n // block)
+  padded = jnp.pad(values, (0, n_blocks * block - n), constant_values=-jnp.inf)
+  blocks = padded.reshape(n_blocks, block)
+  _, best_blocks = jax.lax.top_k(jnp.max(blocks, axis=1), count)
+  best_blocks = jnp.sort(best_blocks)
+  gathered = blocks[best_blocks].reshape(-1)
+  top_vals, pos = jax.lax.top_k(gathered, count)
+  flat_idx = best_blocks[pos // block] * block + pos % block
+  return top_vals, flat_idx
+
+
 @functools.partial(jax.jit, static_argnames=("prune_count", "max_swaps", "capacity"))
 def _topk_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
   """Swap rule via two static-size top_k lists; falls back to _sort_swap when they are too short."""
@@ -181,8 +206,8 @@ def _topk_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
   common = min(len_p, len_q)
   # Pruned scores descending and kept scores ascending; TopK puts the lower index first on
   # ties, which is the documented tie rule for both orders.
-  p_vals, p_idx = jax.lax.top_k(jnp.where(flat_mask, neg_inf, flat_score), len_p)
-  neg_q_vals, q_idx = jax.lax.top_k(jnp.where(flat_mask, -flat_score, neg_inf), len_q)
+  p_vals, p_idx = _blocked_top_k(jnp.where(flat_mask, neg_inf, flat_score), len_p)
+  neg_q_vals, q_idx = _blocked_top_k(jnp.where(flat_mask, -flat_score, neg_inf), len_q)
   q_vals = -neg_q_vals
   inversions = jnp.sum(p_vals[:common] > q_vals[:common], dtype=jnp.int32)
   # The lists decide everything when j < common: j itself, p_(j+1) for t = max(p_(j+1), q_j),
