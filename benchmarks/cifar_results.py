@@ -1,0 +1,320 @@
+"""CIFAR-10 evidence for RESULTS.md: subset data, pretraining, searches, tables, plots.
+
+  python benchmarks/cifar_results.py subset    # class-balanced subset zip (see below)
+  python benchmarks/cifar_results.py commands  # print every run's command line
+  python benchmarks/cifar_results.py run NAME [NAME ...]  # run them (resumable)
+  python benchmarks/cifar_results.py collect   # tables (markdown) + PNGs in figures/
+
+Everything reads `--zip` (default ../shared/datasets/cifar10-jpeg.zip, CIFAR-10 as
+`train|test/<class>/*.jpg`) and writes run workdirs under `--root` (default
+runs/cifar, git-ignored). The pretrained ResNet-20 that the searches start from is
+committed in benchmarks/checkpoints/resnet20_cifar10 (`run pretrain` + `export`
+rebuild it).
+
+Why a subset zip: `data.max_train_examples=N` / `max_eval_examples=N` keep the
+*first* N records, and the image-folder source lists records class by class
+(airplane first), so on a folder they select 1-2 classes, not a random subset.
+`subset` therefore writes a zip with a random, class-balanced subset (fixed seed)
+of the train split (1000 per class = 10k images) and of the test split
+(500 per class = 5k images); the searches read that zip in full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CKPT = os.path.join("benchmarks", "checkpoints", "resnet20_cifar10")
+FIG = os.path.join(HERE, "figures")
+
+
+def make_subset(src: str, dst: str, train_per_class: int, test_per_class: int,
+                seed: int = 0) -> None:
+  """Writes `dst`, a zip of `train_per_class` / `test_per_class` random images per class."""
+  rng = np.random.default_rng(seed)
+  with zipfile.ZipFile(src) as zin:
+    tree: dict[tuple[str, str], list[str]] = {}
+    for name in zin.namelist():
+      parts = name.split("/")
+      if len(parts) == 3 and parts[2].lower().endswith((".jpg", ".jpeg", ".png")):
+        tree.setdefault((parts[0], parts[1]), []).append(name)
+    tmp = dst + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zout:
+      for (split, cls), names in sorted(tree.items()):
+        k = {"train": train_per_class, "test": test_per_class}.get(split, 0)
+        names = sorted(names)
+        if k <= 0 or k >= len(names):
+          chosen = names
+        else:
+          chosen = [names[i] for i in sorted(rng.choice(len(names), k, replace=False))]
+        for n in chosen:
+          zout.writestr(n, zin.read(n))
+    os.replace(tmp, dst)
+  print(f"wrote {dst}")
+
+
+# ------------------------------------------------------------------ the runs
+FULL_ZIP = "../shared/datasets/cifar10-jpeg.zip"
+SUB_ZIP = "runs/cifar/cifar10-sub.zip"
+SEARCH_EPOCHS = 1.0   # passes over the 10k-image subset (39 steps of batch 256)
+
+
+def pretrain_args(zip_path: str) -> list[str]:
+  return [f"--config=configs/pretrain_resnet20_cifar10.py:folder={zip_path}",
+          "--config.num_epochs=1.5", "--config.optimizer.schedule=cosine",
+          "--config.eval_every_epochs=0", "--config.log_every_steps=20",
+          "--config.checkpoint_every_steps=50"]
+
+
+def search_args(sub_zip: str, sparsity: float, epochs: float = SEARCH_EPOCHS,
+                eval_every: float = 0.0, extra: tuple[str, ...] = ()) -> list[str]:
+  """The reference search recipe on ResNet-20 from the committed checkpoint."""
+  return [f"--config=configs/jackpot_r32_cifar10.py:folder={sub_zip}",
+          "--config.model.name=cifar_resnet20", f"--config.pretrained={CKPT}",
+          f"--config.sparsity={sparsity}", f"--config.num_epochs={epochs}",
+          f"--config.eval_every_epochs={eval_every}", "--config.log_every_steps=3",
+          "--config.checkpoint_every_steps=12", *extra]
+
+
+FINETUNE = ("--config.train=weights", "--config.mask.update_rule=fixed",
+            "--config.optimizer.learning_rate=0.01", "--config.optimizer.weight_decay=0.0")
+# Dense reference on the same 5k test subset: a weights run at sparsity 0 whose
+# initial_eval (taken before its single lr-0 step) is the pretrained network's accuracy.
+DENSE = ("--config.train=weights", "--config.mask.update_rule=fixed",
+         "--config.optimizer.learning_rate=0.0", "--config.num_steps=1",
+         "--config.analysis.enabled=False")
+CAP = 8   # max_swaps per layer per step of the capped run
+
+
+def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
+  return {
+      "pretrain_resnet20": pretrain_args(full_zip),
+      "dense_eval": search_args(sub_zip, 0.0, extra=DENSE),
+      "jackpot90": search_args(sub_zip, 0.9, eval_every=0.25),
+      "finetune90": search_args(sub_zip, 0.9, extra=FINETUNE),
+      "jackpot95": search_args(sub_zip, 0.95, eval_every=0.5),
+      "finetune95": search_args(sub_zip, 0.95, extra=FINETUNE),
+      "random90": search_args(sub_zip, 0.9, eval_every=0.25,
+                              extra=("--config.mask.score_init=random",)),
+      "decay90": search_args(sub_zip, 0.9, extra=("--config.mask.rate_schedule=decay",)),
+      f"cap{CAP}_90": search_args(sub_zip, 0.9, extra=(f"--config.mask.max_swaps={CAP}",)),
+  }
+
+
+def command(name: str, root: str, **kw) -> list[str]:
+  return ([sys.executable, "-m", "lottery_jax.main"] + runs(**kw)[name]
+          + [f"--workdir={os.path.join(root, name)}"])
+
+
+def run(names: list[str], root: str, **kw) -> None:
+  for name in names:
+    if os.path.exists(os.path.join(root, name, "summary.json")):
+      print(f"{name}: done already")
+      continue
+    cmd = command(name, root, **kw)
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def export(root: str) -> None:
+  """Copies the pretrained run's small files into benchmarks/checkpoints/."""
+  src = os.path.join(root, "pretrain_resnet20")
+  dst = os.path.join(REPO, CKPT)
+  os.makedirs(dst, exist_ok=True)
+  for f in ("variables.safetensors", "masks.safetensors", "summary.json", "config.json"):
+    shutil.copy(os.path.join(src, f), os.path.join(dst, f))
+  print(f"copied {src} -> {dst}")
+
+
+# ---------------------------------------------------------------- collecting
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """Scalars of the TensorBoard event files in `logdir` (TFRecord framing, no TF)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out: dict[str, list[tuple[int, float]]] = {}
+  if not os.path.isdir(logdir):
+    return out
+  for fname in sorted(os.listdir(logdir)):
+    if "tfevents" not in fname:
+      continue
+    with open(os.path.join(logdir, fname), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      body = data[pos + 12:pos + 12 + length]
+      pos += 12 + length + 4
+      ev = event_pb2.Event()
+      ev.ParseFromString(body)
+      for v in ev.summary.value:
+        out.setdefault(v.tag, []).append((int(ev.step), float(v.simple_value)))
+  return {k: sorted(dict(v).items()) for k, v in out.items()}
+
+
+def load(root: str, name: str) -> dict | None:
+  path = os.path.join(root, name, "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    s = json.load(f)
+  s["tb"] = read_scalars(os.path.join(root, name, "tensorboard"))
+  return s
+
+
+def eval_curve(s: dict) -> list[tuple[int, float]]:
+  """(step, eval accuracy): initial eval, the periodic evals, the final eval."""
+  pts = [(0, s["initial_eval"]["accuracy"])] + list(s["tb"].get("eval/accuracy", []))
+  pts.append((int(s["steps"]), s["final_eval"]["accuracy"]))
+  return sorted(dict(pts).items())
+
+
+def pct(x) -> str:
+  return "-" if x is None else f"{100 * x:.2f}"
+
+
+def collect(root: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(FIG, exist_ok=True)
+  S = {n: load(root, n) for n in runs()}
+  lines = []
+  p = S["pretrain_resnet20"]
+  if p:
+    lines += ["### Pretraining", "",
+              f"ResNet-20, {p['epochs']:.2f} epochs ({p['steps']} steps of 128), "
+              f"full 50k train / {p['final_eval']['examples']} test: test accuracy "
+              f"**{pct(p['final_eval']['accuracy'])}%** (loss {p['final_eval']['loss']:.4f}), "
+              f"wall {p['wall_time_s'] / 60:.1f} min.", ""]
+  dense = S["dense_eval"]["initial_eval"]["accuracy"] if S["dense_eval"] else None
+  lines += ["### Jackpots vs magnitude pruning (5k test subset)", "",
+            "| sparsity | dense | magnitude, no search | jackpot (search) | "
+            "magnitude + fine-tune | search steps | jackpot wall (s) | fine-tune wall (s) |",
+            "|---|---|---|---|---|---|---|---|"]
+  for sp in (90, 95):
+    j, ft = S[f"jackpot{sp}"], S[f"finetune{sp}"]
+    mag = (j or ft or {}).get("initial_eval", {}).get("accuracy")
+    lines.append(
+        f"| {sp}% | {pct(dense)} | {pct(mag)} | "
+        f"{pct(j['final_eval']['accuracy']) if j else '-'} | "
+        f"{pct(ft['final_eval']['accuracy']) if ft else '-'} | "
+        f"{j['steps'] if j else '-'} | {j['wall_time_s']:.0f} | "
+        f"{ft['wall_time_s']:.0f} |".replace("{", "").replace("}", "")
+        if j and ft else
+        f"| {sp}% | {pct(dense)} | {pct(mag)} | "
+        f"{pct(j['final_eval']['accuracy']) if j else '-'} | "
+        f"{pct(ft['final_eval']['accuracy']) if ft else '-'} | - | - | - |")
+  lines.append("")
+
+  # search cost: magnitude vs random scores
+  lines += ["### Search cost: magnitude vs random score init (90%)", "",
+            "| run | step: eval accuracy (%) |", "|---|---|"]
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for name, label in (("jackpot90", "magnitude init"), ("random90", "random init")):
+    if S[name]:
+      c = eval_curve(S[name])
+      lines.append(f"| {label} | " + ", ".join(f"{s}: {pct(a)}" for s, a in c) + " |")
+      ax.plot([s for s, _ in c], [100 * a for _, a in c], "o-", label=label)
+  if dense is not None:
+    ax.axhline(100 * dense, color="gray", ls="--", label="dense")
+  ax.set_xlabel("search step (batch 256)")
+  ax.set_ylabel("test accuracy (%), 5k subset")
+  ax.set_title("ResNet-20, 90% sparsity")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, "search_cost.png"), dpi=120)
+  plt.close(fig)
+  lines.append("")
+
+  # restriction ablation
+  abl = (("jackpot90", "rate 1 (constant)"), ("decay90", "rate decay (power 4)"),
+         (f"cap{CAP}_90", f"max_swaps={CAP} per layer"))
+  lines += ["### Short restriction ablation (90%)", "",
+            "| rule | final accuracy | final train loss (last interval) | "
+            "mean swaps/step, first interval | last interval | total swaps |",
+            "|---|---|---|---|---|---|"]
+  fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
+  for name, label in abl:
+    s = S[name]
+    if not s:
+      continue
+    h = s["history"]
+    steps = [r["step"] for r in h]
+    prev = [0] + steps[:-1]
+    total = sum(r["swaps/total"] * (b - a) for r, a, b in zip(h, prev, steps))
+    lines.append(f"| {label} | {pct(s['final_eval']['accuracy'])} | "
+                 f"{h[-1]['train/loss']:.4f} | {h[0]['swaps/total']:.1f} | "
+                 f"{h[-1]['swaps/total']:.1f} | {total:.0f} |")
+    axs[0].plot(steps, [r["train/loss"] for r in h], label=label)
+    axs[1].plot(steps, [r["swaps/total"] for r in h], label=label)
+  axs[0].set_xlabel("step"); axs[0].set_ylabel("train loss")
+  axs[1].set_xlabel("step"); axs[1].set_ylabel("swaps per step (all layers)")
+  axs[1].set_yscale("symlog")
+  axs[0].legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, "restriction_ablation.png"), dpi=120)
+  plt.close(fig)
+  lines.append("")
+
+  # overlap
+  keys = ("iou_magnitude", "iou_random", "iou_saliency", "iou_chance",
+          "fraction_changed_from_init")
+  lines += ["### Mask overlap (IoU of kept weights)", "",
+            "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+  for name in ("jackpot90", "jackpot95", "random90", "decay90", f"cap{CAP}_90"):
+    s = S[name]
+    if s and "mask_analysis" in s:
+      m = s["mask_analysis"]
+      lines.append(f"| {name} | " + " | ".join(
+          f"{m[k]:.4f}" if k in m else "-" for k in keys) + " |")
+  lines.append("")
+  lines += ["### Every run", "", "| run | initial eval | final eval | steps | wall (s) |",
+            "|---|---|---|---|---|"]
+  for name, s in S.items():
+    if s:
+      lines.append(f"| {name} | {pct(s['initial_eval']['accuracy'])} | "
+                   f"{pct(s['final_eval']['accuracy'])} | {s['steps']} | "
+                   f"{s['wall_time_s']:.0f} |")
+  text = "\n".join(lines)
+  print(text)
+  return text
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("what", choices=("subset", "commands", "run", "export", "collect"))
+  ap.add_argument("names", nargs="*")
+  ap.add_argument("--zip", default=FULL_ZIP)
+  ap.add_argument("--sub-zip", default=SUB_ZIP)
+  ap.add_argument("--root", default="runs/cifar")
+  a = ap.parse_args()
+  os.chdir(REPO)
+  kw = dict(sub_zip=a.sub_zip, full_zip=a.zip)
+  if a.what == "subset":
+    os.makedirs(os.path.dirname(a.sub_zip) or ".", exist_ok=True)
+    make_subset(a.zip, a.sub_zip, train_per_class=1000, test_per_class=500)
+  elif a.what == "commands":
+    for name in a.names or runs():
+      print(shlex.join(["python", "-m", "lottery_jax.main"] + runs(**kw)[name]
+                       + [f"--workdir={os.path.join(a.root, name)}"]))
+  elif a.what == "run":
+    run(a.names or list(runs()), a.root, **kw)
+  elif a.what == "export":
+    export(a.root)
+  else:
+    collect(a.root)
+
+
+if __name__ == "__main__":
+  main()
