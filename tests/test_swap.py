@@ -317,3 +317,20 @@ def test_decaying_rate_rejects_bad_arguments():
     decaying_rate(10, power=-1.0)
   with pytest.raises(ValueError, match="floor"):
     decaying_rate(10, floor=0.0)
+
+
+@pytest.mark.parametrize("capacity", [4, 64])
+@pytest.mark.parametrize("discrete", [False, True])
+def test_blocked_selection_on_larger_leaves_matches_reference(capacity, discrete):
+  # n > 2 * capacity * block, so the candidate lists come from the blocked top_k.
+  rng = np.random.default_rng(capacity + discrete)
+  n, k = 3001, 2700
+  mask = np.ones(n, bool)
+  mask[rng.permutation(n)[:k]] = False
+  noise = rng.integers(0, 3, size=n) if discrete else rng.normal(scale=4e-3, size=n)
+  score = (np.where(mask, 1.0, 0.99) + 0.01 * (noise if discrete else noise / 0.01)).astype(np.float32)
+  for rate in (1.0, 0.3):
+    want_mask, want_n = swap_update_reference(score, mask, k, rate)
+    new_mask, n_swaps = _jit_topk(score, mask, k, rate, None, capacity)
+    np.testing.assert_array_equal(np.asarray(new_mask), want_mask)
+    assert int(n_swaps) == want_n
