@@ -1,0 +1,319 @@
+"""Search-step overhead: jackpot search step vs dense training step, same model and batch.
+
+Run:  python benchmarks/search_step.py [--case r32|r50|all] [--repeats 5] [--warmup 3]
+
+Both steps are built the way `lottery_jax.engine.loop.build` builds them (same
+search space, magnitude masks and 1.0/0.99 scores, same optimiser from the
+config, `make_train_step` with donation); weights are random (timings do not
+depend on them) and the batch is synthetic data of the right shape. Before
+timing, every step runs `--warmup` times (compile, then steps that make the
+swap rule actually swap). Then the variants run interleaved, in rotating order,
+`--repeats` times each, every call ended by `block_until_ready`; figures are
+medians. Variants:
+
+* dense:        Program(train_weights=True) at sparsity 0 (what a pretrain config runs)
+* search:       Program(train_scores=True, mask_update="swap") at 90% sparsity
+* search_fixed: the search step without the swap rule (STE + score optimiser only)
+
+and, on the same model's search state, two parts timed alone:
+
+* update_masks: the swap rule over the searched leaves (jitted, as in the step)
+* ste:          forward W * straight_through(S, M) and its VJP to S (jitted)
+
+search - search_fixed is the swap rule's share inside the step; search_fixed -
+dense is what the STE and the score optimiser add (or save: the search step has
+no weight update). With `--hlo` it also prints XLA's cost analysis of the
+compiled steps (flops, bytes accessed) and the largest extra ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from lottery_jax import masks as mask_algebra  # noqa: E402
+from lottery_jax import models  # noqa: E402
+from lottery_jax.engine import loop  # noqa: E402
+from lottery_jax.engine.config import base_config  # noqa: E402
+from lottery_jax.engine.optim import make_optimizer  # noqa: E402
+from lottery_jax.engine.state import (Program, TrainState, effective_params,  # noqa: E402
+                                      score_placeholders)
+from lottery_jax.engine import step as step_lib  # noqa: E402
+from lottery_jax.engine.step import make_train_step, swap_unless_ordered  # noqa: E402
+from lottery_jax.search import jackpot, update_masks  # noqa: E402
+
+CASES = {
+    # name: (model, batch, num_classes, score weight decay)
+    "r32": ("jackpot_resnet32", 128, 10, 5e-4),
+    "r50": ("resnet50", 32, 1000, 1e-4),
+    "smoke": ("cifar_resnet20", 8, 10, 5e-4),  # a quick check of the script itself
+}
+
+
+def _always_swap(score, mask, prune_count, rate, max_swaps=None):
+  new_masks, n_swaps = update_masks([score], [mask], [prune_count], rate,
+                                    max_swaps=max_swaps)
+  return new_masks[0], n_swaps[0].astype(jnp.int32)
+
+
+class Case:
+  """Dense and search states and steps for one model and batch, built as the engine does."""
+
+  def __init__(self, model_name: str, batch_size: int, num_classes: int,
+               weight_decay: float, sparsity: float = 0.9, seed: int = 0,
+               total_steps: int = 10_000, steps_per_epoch: int = 390):
+    spec = models.spec(model_name)
+    config = base_config()
+    config.model.name = model_name
+    config.sparsity = sparsity
+    config.train = "scores"
+    config.mask.update_rule = "swap"
+    config.optimizer.weight_decay = weight_decay
+    self.name, self.batch_size, self.config = model_name, batch_size, config
+    self.model = model = models.get(model_name, num_classes=num_classes)
+    key = jax.random.PRNGKey(seed)
+    init_key, mask_key, state_key, data_key = jax.random.split(key, 4)
+    dummy = jnp.zeros((1, *spec.input_shape), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    self.params = params
+    tx = make_optimizer(config.optimizer, total_steps, steps_per_epoch)
+
+    # The search (loop.build with train="scores", sparsity > 0, magnitude init).
+    where = loop.exclusion_predicate(config, spec)
+    self.space = space = jackpot.search_space(params, sparsity, config.allocation, where)
+    masks, scores = jackpot.initial_masks_and_scores(mask_key, params, space, "magnitude")
+    self.prune_total = sum(jax.tree.leaves(space.prune_counts))
+    self.searched_total = sum(int(np.size(w)) for w, s in zip(
+        jax.tree.leaves(params), jax.tree.leaves(space.searched)) if s)
+
+    def search_state():
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        batch_stats=batch_stats, scores=scores, masks=masks,
+                        opt_state=tx.init({"scores": scores}), rng=state_key,
+                        bad_step=jnp.full((), -1, jnp.int32))
+
+    def search_step(mask_update):
+      program = Program(train_weights=False, train_scores=True, mask_update=mask_update)
+      return make_train_step(
+          model, tx, program, searched=space.searched, prune_counts=space.prune_counts,
+          rate_fn=loop.rate_fn_of(config, total_steps) if mask_update == "swap" else None,
+          max_swaps=config.mask.max_swaps or None)
+
+    # Dense training (loop.build with train="weights", sparsity 0).
+    dense_space = jackpot.SearchSpace(
+        searched=jax.tree.map(lambda _: False, params),
+        sparsities=jax.tree.map(lambda _: 0.0, params),
+        prune_counts=jax.tree.map(lambda _: 0, params))
+    ones = jax.tree.map(lambda w: jnp.ones(w.shape, bool), params)
+    dense_params = mask_algebra.apply(params, ones)
+    dense_scores = score_placeholders(params)
+    self.dense_state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=dense_params, batch_stats=batch_stats,
+        scores=dense_scores, masks=ones, opt_state=tx.init({"params": dense_params}),
+        rng=state_key, bad_step=jnp.full((), -1, jnp.int32))
+    self.dense_step = make_train_step(
+        model, tx, Program(train_weights=True), searched=dense_space.searched,
+        prune_counts=dense_space.prune_counts)
+
+    self.steps = {"dense": self.dense_step, "search": search_step("swap"),
+                  "search_fixed": search_step("fixed"),
+                  "search_noskip": search_step("swap")}
+    # Separate buffers per state: each step donates its input state.
+    fresh = lambda st: jax.tree.map(jnp.copy, st)  # noqa: E731
+    self.states = {"dense": fresh(self.dense_state), "search": fresh(search_state()),
+                   "search_fixed": fresh(search_state()),
+                   "search_noskip": fresh(search_state())}
+    self.swaps_seen: list[int] = []
+
+    img_key, lbl_key = jax.random.split(data_key)
+    self.batch = {
+        "image": jax.random.normal(img_key, (batch_size, *spec.input_shape), jnp.float32),
+        "label": jax.random.randint(lbl_key, (batch_size,), 0, num_classes),
+    }
+
+    # Parts of the search step, alone.
+    treedef = jax.tree.structure(space.prune_counts)
+    flags = treedef.flatten_up_to(space.searched)
+    counts = treedef.flatten_up_to(space.prune_counts)
+    idx = [i for i, f in enumerate(flags) if f]
+
+    @jax.jit
+    def swap_alone(scores, masks):
+      s, m = treedef.flatten_up_to(scores), treedef.flatten_up_to(masks)
+      return update_masks([s[i] for i in idx], [m[i] for i in idx],
+                          [counts[i] for i in idx], 1.0)
+
+    @jax.jit
+    def ste_alone(scores, masks, cotangent):
+      def f(s):
+        return effective_params(params, s, masks, space.searched, straight_through=True)
+      eff, vjp = jax.vjp(f, scores)
+      return eff, vjp(cotangent)[0]
+
+    @jax.jit
+    def swap_engine(scores, masks):
+      s, m = treedef.flatten_up_to(scores), treedef.flatten_up_to(masks)
+      out = [swap_unless_ordered(s[i], m[i], counts[i], 1.0) for i in idx]
+      return [o[0] for o in out], [o[1] for o in out]
+
+    self.swap_alone, self.ste_alone, self.swap_engine = swap_alone, ste_alone, swap_engine
+
+  def run(self, variant: str):
+    if variant == "search_noskip":
+      # The engine before the no-inversion shortcut: trace the step with the rule applied
+      # to every searched leaf unconditionally (jit caches this trace for later calls).
+      saved = step_lib.swap_unless_ordered
+      step_lib.swap_unless_ordered = _always_swap
+      try:
+        state, metrics = self.steps[variant](self.states[variant], self.batch)
+      finally:
+        step_lib.swap_unless_ordered = saved
+    else:
+      state, metrics = self.steps[variant](self.states[variant], self.batch)
+    jax.block_until_ready((state, metrics))
+    self.states[variant] = state
+    if variant == "search":
+      self.swaps_seen.append(int(sum(jax.tree.leaves(jax.device_get(metrics["swaps"])))))
+    return metrics
+
+  def parts_inputs(self):
+    """Copies of the search state's scores and masks (the step donates its own).
+
+    Returns (scores, masks_before, masks_after, cotangent): `masks_before` is the mask the
+    swap rule saw inside the last search step, with these scores (a realistic input);
+    `masks_after` its output, already consistent with the scores (a converged input).
+    """
+    st = self.states["search"]
+    masks_before = jax.tree.map(jnp.copy, st.masks)
+    self.run("search")
+    st = self.states["search"]
+    scores = jax.tree.map(jnp.copy, st.scores)
+    masks_after = jax.tree.map(jnp.copy, st.masks)
+    cot = jax.tree.map(lambda w: jnp.ones_like(w), self.params)
+    return scores, masks_before, masks_after, cot
+
+
+def timed(fn) -> tuple[float, float]:
+  """(wall seconds, process CPU seconds over all threads) of one call."""
+  t0, c0 = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(case: Case, repeats: int, warmup: int, parts: bool = True,
+            variants=None) -> dict:
+  variants = list(variants or case.steps)
+  compile_s = {}
+  for v in variants:
+    print(f"  compiling and warming up {v} ...", flush=True)
+    compile_s[v] = timed(lambda: case.run(v))[0]
+    for _ in range(warmup - 1):
+      case.run(v)
+  times = {v: [] for v in variants}
+  part_fns = {}
+  if parts:
+    scores, before, after, cot = case.parts_inputs()
+    part_fns = {
+        "ste": lambda: case.ste_alone(scores, after, cot),
+        "swap_realistic": lambda: case.swap_alone(scores, before),
+        "swap_realistic_engine": lambda: case.swap_engine(scores, before),
+        "swap_converged": lambda: case.swap_alone(scores, after),
+        "swap_converged_engine": lambda: case.swap_engine(scores, after),
+    }
+    for k, f in part_fns.items():
+      jax.block_until_ready(f())
+      times[k] = []
+    realistic = case.swap_alone(scores, before)[1]
+    engine = case.swap_engine(scores, before)[1]
+    layers = [int(x) for x in realistic]
+    part_swaps = {"realistic_total": sum(layers),
+                  "realistic_layers_swapping": sum(x > 0 for x in layers),
+                  "layers": len(layers),
+                  "engine_equal": sum(int(x) for x in engine) == sum(layers)}
+  case.swaps_seen.clear()
+  for r in range(repeats):
+    order = variants[r % len(variants):] + variants[:r % len(variants)]
+    for v in order:
+      times[v].append(timed(lambda: case.run(v)))
+    for k, f in part_fns.items():
+      times[k].append(timed(lambda: jax.block_until_ready(f())))
+  out = {"median_s": {k: statistics.median(w for w, _ in v) for k, v in times.items()},
+         "median_cpu_s": {k: statistics.median(c for _, c in v) for k, v in times.items()},
+         "all_s": times, "compile_plus_first_s": compile_s,
+         "swaps_per_step": list(case.swaps_seen)}
+  if parts:
+    out["part_swaps"] = part_swaps
+  return out
+
+
+def hlo_report(case: Case, top: int = 12):
+  """Cost analysis of the compiled steps and the ops only the search step has."""
+  import collections
+  import re
+  out = {}
+  for v in ("dense", "search_fixed", "search"):
+    lowered = case.steps[v].lower(case.states[v], case.batch)
+    compiled = lowered.compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    text = compiled.as_text()
+    ops = collections.Counter(re.findall(r"= \S+ (\w[\w-]*)\(", text))
+    out[v] = {"flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
+              "ops": ops}
+  for v in ("dense", "search_fixed", "search"):
+    print(f"  {v:13s} flops {out[v]['flops']:.4g}  bytes accessed "
+          f"{out[v]['bytes_accessed']:.4g}")
+  for a, b in (("dense", "search_fixed"), ("search_fixed", "search")):
+    diff = out[b]["ops"] - out[a]["ops"]
+    print(f"  ops in {b} beyond {a}: " +
+          ", ".join(f"{k} x{n}" for k, n in diff.most_common(top)))
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--case", default="all", choices=["all", *CASES])
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--hlo", action="store_true")
+  p.add_argument("--no-parts", action="store_true")
+  p.add_argument("--variants", default="dense,search,search_noskip,search_fixed",
+                 help="comma-separated subset of dense,search,search_noskip,search_fixed")
+  args = p.parse_args(argv)
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs visible")
+  for name in (CASES if args.case == "all" else [args.case]):
+    model, batch, classes, wd = CASES[name]
+    case = Case(model, batch, classes, wd)
+    print(f"\n{model}, batch {batch}: {case.searched_total / 1e6:.2f}M searched weights, "
+          f"{case.prune_total / 1e6:.2f}M pruned")
+    if args.hlo:
+      hlo_report(case)
+    res = measure(case, args.repeats, args.warmup, parts=not args.no_parts,
+                  variants=args.variants.split(","))
+    med, cpu = res["median_s"], res["median_cpu_s"]
+    print("  (wall ms median, CPU ms median over all threads; runs wall/cpu)")
+    for k, v in med.items():
+      runs = " ".join(f"{w * 1e3:.0f}/{c * 1e3:.0f}" for w, c in res["all_s"][k])
+      print(f"  {k:22s} wall {v * 1e3:8.1f}  cpu {cpu[k] * 1e3:8.1f}   [{runs}]")
+    print(f"  compile + first call (s): " +
+          ", ".join(f"{k} {v:.1f}" for k, v in res["compile_plus_first_s"].items()))
+    print(f"  swaps per timed search step: {res['swaps_per_step']}")
+    if "part_swaps" in res:
+      print(f"  swap parts, realistic input: {res['part_swaps']}")
+    for base in [v for v in med if v.startswith("search")]:
+      print(f"  {base} / dense: wall {med[base] / med['dense']:.3f}, "
+            f"cpu {cpu[base] / cpu['dense']:.3f}")
+
+
+if __name__ == "__main__":
+  main()
