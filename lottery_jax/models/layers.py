@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lottery_jax.models import conv as conv_lowering
+
 Dtype = Any
 
 # torchvision's conv init (`kaiming_normal_(mode="fan_out", nonlinearity="relu")`).
@@ -155,7 +157,9 @@ def conv2d(features: int, kernel: int, *, stride: int = 1, padding: int | None =
     in_features: input channels, only needed for PyTorch's bias init.
 
   Returns:
-    The conv module (kernel HWIO, a plain `kernel` param leaf).
+    The conv module (kernel HWIO, a plain `kernel` param leaf), lowered through
+    `lottery_jax.models.conv.conv_general_dilated` (XLA's convolution unless a
+    faster CPU lowering is selected there; parameters are those of `nn.Conv`).
   """
   if padding is None:
     padding = (kernel - 1) // 2
@@ -164,7 +168,8 @@ def conv2d(features: int, kernel: int, *, stride: int = 1, padding: int | None =
     bias_init = torch_bias_init(in_features // groups * kernel * kernel)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad2d(padding),
                  feature_group_count=groups, use_bias=use_bias, dtype=dtype,
-                 kernel_init=kernel_init, bias_init=bias_init, name=name)
+                 kernel_init=kernel_init, bias_init=bias_init,
+                 conv_general_dilated=conv_lowering.conv_general_dilated, name=name)
 
 
 def dense(features: int, in_features: int, *, dtype: Dtype | None = None,

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lottery_jax.models.conv import conv_general_dilated
 from lottery_jax.models.layers import BatchNorm, dense, pad2d, torch_bias_init, torch_default
 from lottery_jax.models.registry import register
 
@@ -34,7 +35,8 @@ class DigitsCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, width in enumerate(self.widths):
-      x = nn.Conv(width, (3, 3), use_bias=False, name=f"conv{i}")(x)
+      x = nn.Conv(width, (3, 3), use_bias=False,
+                  conv_general_dilated=conv_general_dilated, name=f"conv{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        name=f"bn{i}")(x)
       x = nn.relu(x)
@@ -100,7 +102,7 @@ class ConvNet(nn.Module):
         fan_in = x.shape[-1] * 9
         x = nn.Conv(width, (3, 3), padding=pad2d(1), dtype=self.dtype,
                     kernel_init=torch_default, bias_init=torch_bias_init(fan_in),
-                    name=f"conv{k}")(x)
+                    conv_general_dilated=conv_general_dilated, name=f"conv{k}")(x)
         if self.batch_norm:
           x = BatchNorm(use_running_average=not train, affine=self.bn_affine,
                         dtype=self.dtype, name=f"bn{k}")(x)
@@ -136,7 +138,7 @@ class MNIST1DCNN(nn.Module):
       kernel = 5 if i == 0 else 3
       x = nn.Conv(width, (kernel,), strides=(2,), padding=((kernel // 2, kernel // 2),),
                   use_bias=False, dtype=self.dtype, kernel_init=torch_default,
-                  name=f"conv{i + 1}")(x)
+                  conv_general_dilated=conv_general_dilated, name=f"conv{i + 1}")(x)
       x = BatchNorm(use_running_average=not train, affine=self.bn_affine, dtype=self.dtype,
                     name=f"bn{i + 1}")(x)
       x = nn.relu(x)
