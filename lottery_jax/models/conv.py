@@ -1,27 +1,30 @@
-"""A CPU lowering of 2-D convolutions as patches + matmul, with a matmul backward.
+"""Selectable lowerings of 2-D convolutions for the CPU backend.
 
-Why: on the CPU, XLA's convolution kernels are far slower than its matmuls for
-the small-channel 3x3 convs of CIFAR networks, and the weight-gradient
-convolution of the backward pass is the slowest of the three (profile in
-BENCHMARKS.md, "Against PyTorch (CPU)"). Written as im2col + one matmul, every
-convolution of a training step (forward, input gradient, weight gradient) is a
-single large matmul, which XLA hands to its tuned GEMM library:
+Every model conv goes through `conv_general_dilated` (plugged into
+`flax.linen.Conv(conv_general_dilated=...)`, so parameter names and shapes,
+`kernel` HWIO and `bias`, are exactly those of a plain `nn.Conv`). Lowerings:
 
-* forward:      `y = patches(x) @ W`, W the HWIO kernel reshaped to (kh*kw*C, O);
-* weight grad:  `dW = patches(x)^T @ dy` (patches recomputed, not stored);
-* input grad:   `dP = dy @ W^T`, then col2im: each of the kh*kw column blocks
-  is placed back with a (negative-low / interior) `lax.pad` and summed, which
-  XLA fuses into one loop.
+* "xla": `lax.conv_general_dilated` (on this jaxlib the CPU convs run in
+  YNNPACK fusions).
+* "patches": im2col + one matmul, with a custom VJP whose backward is matmuls
+  (`dW = patches^T @ dy`, input grad `dy @ W^T` then col2im by padded adds).
+* "taps": XLA's forward and input gradient; the stride-1 weight gradient as
+  kh*kw GEMMs over flat shifted views of the padded input (no im2col), and the
+  residual input read through an optimisation barrier.
 
-`conv_general_dilated` has `lax.conv_general_dilated`'s signature so it plugs
-into `flax.linen.Conv(conv_general_dilated=...)`: the module, its parameter names
-and shapes (`kernel` HWIO, `bias`) are exactly those of a plain `nn.Conv`, so
-checkpoints, conversion and leafwise masks are unaffected. It takes the patches
-path only for what it implements (2-D, NHWC/HWIO/NHWC, no dilation, one feature
-group, explicit/SAME/VALID padding) and, with `impl="auto"`, only when the
-backend is the CPU at trace time; everything else goes to `lax.conv_general_dilated`.
-
-Measured (BENCHMARKS.md has the table and the command): see `DEFAULT_IMPL`.
+Profile of the wide ResNet-32 training step (batch 128, 2 shared cores, under
+load; BENCHMARKS.md "Against PyTorch (CPU)"): convolutions (YNNPACK) ~47%, of
+which weight-gradient convs ~20% and forward ~18%; `transpose_copy` fusions ~39%:
+the NHWC -> batch-minor transposes feeding the weight-gradient convs, into which
+XLA fuses (recomputes) the whole BN/ReLU/residual chain of earlier blocks.
+What was measured here, in one process, interleaved (medians, heavily loaded
+machine): building im2col in XLA:CPU is slow (a 9-way concat of a
+128x32x32x32 input: ~500 ms, vs ~90 ms for the 9 slices and ~90 ms for the
+matmul), so "patches" is 2-4x slower than "xla" per conv; "taps" removes
+most of the transpose cost (3.4 s -> 0.56 s per step in the profile) but its
+contiguous slices and small-K GEMMs cost more than they save (step 13.2 s vs
+12.4 s). Neither measured faster, so `DEFAULT_IMPL` is "xla": "auto" picks
+XLA's convolution everywhere until a lowering measures faster.
 """
 
 from __future__ import annotations
