@@ -93,7 +93,7 @@ FINETUNE = ("--config.train=weights", "--config.mask.update_rule=fixed",
 DENSE = ("--config.train=weights", "--config.mask.update_rule=fixed",
          "--config.optimizer.learning_rate=0.0", "--config.num_steps=1",
          "--config.analysis.enabled=False")
-CAP = int(os.environ.get("CIFAR_RESULTS_CAP", "8"))  # max_swaps per layer per step
+CAP = int(os.environ.get("CIFAR_RESULTS_CAP", "2"))  # max_swaps per layer per step
 
 
 def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
@@ -111,6 +111,13 @@ def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str
                               extra=("--config.mask.score_init=random",)),
       "decay90": search_args(sub_zip, 0.9, extra=("--config.mask.rate_schedule=decay",)),
       f"cap{CAP}_90": search_args(sub_zip, 0.9, extra=(f"--config.mask.max_swaps={CAP}",)),
+      # Three subset epochs (117 steps; the per-epoch cosine gives lr x1, x0.75, x0.25).
+      "jackpot90_e3": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5),
+      "random90_e3": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5,
+                                 extra=("--config.mask.score_init=random",)),
+      "finetune90_e3": search_args(sub_zip, 0.9, epochs=3.0, extra=FINETUNE),
+      "bnrecal90_e3": search_args(sub_zip, 0.9, epochs=3.0,
+                                  extra=("--config.mask.update_rule=fixed",)),
   }
 
 
@@ -201,35 +208,46 @@ def collect(root: str) -> str:
               f"wall {p['wall_time_s'] / 60:.1f} min.", ""]
   dense = S["dense_eval"]["initial_eval"]["accuracy"] if S["dense_eval"] else None
   lines += ["### Jackpots vs magnitude pruning (5k test subset)", "",
-            "| sparsity | dense | magnitude, no search | jackpot (search) | "
+            "| sparsity | subset epochs | dense | magnitude, no search | jackpot (search) | "
             "magnitude + BN re-estimation only | magnitude + fine-tune | search steps | "
             "jackpot wall (s) | fine-tune wall (s) |",
-            "|---|---|---|---|---|---|---|---|---|"]
-  for sp in (90, 95):
-    j, ft = S[f"jackpot{sp}"], S[f"finetune{sp}"]
-    bn = S.get(f"bnrecal{sp}")
+            "|---|---|---|---|---|---|---|---|---|---|"]
+  for sp, suf in ((90, ""), (95, ""), (90, "_e3")):
+    j, ft = S.get(f"jackpot{sp}{suf}"), S.get(f"finetune{sp}{suf}")
+    bn = S.get(f"bnrecal{sp}{suf}")
     mag = (j or ft or {}).get("initial_eval", {}).get("accuracy")
     fin = lambda r: pct(r["final_eval"]["accuracy"]) if r else "-"
     wall = lambda r: f"{r['wall_time_s']:.0f}" if r else "-"
-    lines.append(f"| {sp}% | {pct(dense)} | {pct(mag)} | {fin(j)} | {fin(bn)} | {fin(ft)} | "
+    lines.append(f"| {sp}% | {3 if suf else 1} | {pct(dense)} | {pct(mag)} | {fin(j)} | {fin(bn)} | {fin(ft)} | "
                  f"{j['steps'] if j else '-'} | {wall(j)} | {wall(ft)} |")
   lines.append("")
 
   # search cost: magnitude vs random scores
   lines += ["### Search cost: magnitude vs random score init (90%)", "",
-            "| run | step: eval accuracy (%) |", "|---|---|"]
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for name, label in (("jackpot90", "magnitude init"), ("random90", "random init")):
-    if S[name]:
-      c = eval_curve(S[name])
-      lines.append(f"| {label} | " + ", ".join(f"{s}: {pct(a)}" for s, a in c) + " |")
-      ax.plot([s for s, _ in c], [100 * a for _, a in c], "o-", label=label)
-  if dense is not None:
-    ax.axhline(100 * dense, color="gray", ls="--", label="dense")
-  ax.set_xlabel("search step (batch 256)")
-  ax.set_ylabel("test accuracy (%), 5k subset")
-  ax.set_title("ResNet-20, 90% sparsity")
-  ax.legend()
+            "| run | steps | (step: eval accuracy %) | steps for magnitude init to reach "
+            "random init's final accuracy |", "|---|---|---|---|"]
+  fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
+  for ax, suf, title in ((axs[0], "", "1 subset epoch"), (axs[1], "_e3", "3 subset epochs")):
+    mag, rnd = S.get(f"jackpot90{suf}"), S.get(f"random90{suf}")
+    reach = "-"
+    if mag and rnd:
+      target = eval_curve(rnd)[-1][1]
+      hit = [st for st, a in eval_curve(mag) if a >= target]
+      reach = (f"{hit[0]} (of {rnd['steps']}; random init ends at {pct(target)}%; "
+               "first eval point at or above it)") if hit else "not reached"
+    for name, label in ((f"jackpot90{suf}", "magnitude init"), (f"random90{suf}", "random init")):
+      if S.get(name):
+        c = eval_curve(S[name])
+        lines.append(f"| {label}, {title} | {S[name]['steps']} | "
+                     + ", ".join(f"{st}: {pct(a)}" for st, a in c)
+                     + f" | {reach if label == 'magnitude init' else ''} |")
+        ax.plot([st for st, _ in c], [100 * a for _, a in c], "o-", label=label)
+    if dense is not None:
+      ax.axhline(100 * dense, color="gray", ls="--", label="dense")
+    ax.set_xlabel("search step (batch 256)")
+    ax.set_ylabel("test accuracy (%), 5k subset")
+    ax.set_title(f"ResNet-20, 90%, {title}")
+    ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(FIG, "search_cost.png"), dpi=120)
   plt.close(fig)
@@ -270,7 +288,8 @@ def collect(root: str) -> str:
           "fraction_changed_from_init")
   lines += ["### Mask overlap (IoU of kept weights)", "",
             "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-  for name in ("jackpot90", "jackpot95", "random90", "decay90", f"cap{CAP}_90"):
+  for name in ("jackpot90", "jackpot95", "random90", "decay90", f"cap{CAP}_90",
+               "jackpot90_e3", "random90_e3"):
     s = S[name]
     if s and "mask_analysis" in s:
       m = s["mask_analysis"]
