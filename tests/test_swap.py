@@ -1,6 +1,7 @@
 """Tests of the jackpot swap rule (lottery_jax.search.swap) and the rate schedules."""
 
 import functools
+import math
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -334,3 +335,23 @@ def test_blocked_selection_on_larger_leaves_matches_reference(capacity, discrete
     new_mask, n_swaps = _jit_topk(score, mask, k, rate, None, capacity)
     np.testing.assert_array_equal(np.asarray(new_mask), want_mask)
     assert int(n_swaps) == want_n
+
+
+@pytest.mark.parametrize("inversions", [7, 8, 9])
+def test_inversions_around_capacity_match_reference(inversions):
+  # Capacity 8, blocked lists (n > 2 * 8 * 32): 7 inversions use the lists, 8 and 9 the
+  # full-sort fallback; all must give the reference's mask.
+  rng = np.random.default_rng(inversions)
+  n, k = 2000, 1800
+  mask = np.ones(n, bool)
+  mask[rng.permutation(n)[:k]] = False
+  score = np.where(mask, 2.0, 0.0) + rng.random(n)
+  pruned, kept = np.flatnonzero(~mask), np.flatnonzero(mask)
+  score[rng.choice(pruned, inversions, replace=False)] = 5.0 + np.arange(inversions)
+  score[rng.choice(kept, inversions, replace=False)] = -1.0 - np.arange(inversions)
+  score = score.astype(np.float32)
+  for rate in (1.0, 0.5):
+    want_mask, want_n = swap_update_reference(score, mask, k, rate)
+    new_mask, n_swaps = _jit_topk(score, mask, k, rate, None, 8)
+    np.testing.assert_array_equal(np.asarray(new_mask), want_mask)
+    assert int(n_swaps) == want_n == math.ceil(rate * inversions)

@@ -66,8 +66,10 @@ __all__ = [
   "update_masks",
 ]
 
-# Static size of the top_k candidate lists; layers with more inversions use the full sort.
-DEFAULT_CAPACITY = 4096
+# Static length of the candidate lists; layers with this many inversions or more take the
+# full-sort fallback (benchmarks/mask_update.py: 1024 is about 1.7x faster than 4096 on the
+# realistic ResNet-50 case, whose layers have at most ~320 inversions).
+DEFAULT_CAPACITY = 1024
 
 # Block length of the blocked top_k (see _blocked_top_k).
 _BLOCK = 32
@@ -173,42 +175,82 @@ def _sort_swap(flat_score, flat_mask, prune_count, rate, max_swaps):
   return new_mask, m
 
 
-def _blocked_top_k(values: jax.Array, count: int, block: int = _BLOCK) -> tuple[jax.Array, jax.Array]:
-  """Exactly ``lax.top_k(values, count)`` for 1-D values, in about one pass over them.
+def _top_k(values, count):
+  """``lax.top_k`` behind an optimization barrier.
 
-  Block maxima (one fused reduction) -> the ``count`` best blocks -> top_k over those blocks
-  only. Every one of the ``count`` best entries lies in one of the ``count`` best blocks
-  (ranked by their best entry, value descending then index ascending), and gathering the
-  chosen blocks in ascending block order keeps ties ordered by flat index.
+  XLA CPU lowers top_k to sort + slice and turns that back into its fast TopK kernel only
+  when the slice is the sort's sole user; slicing the result further (as the callers do)
+  otherwise lets the simplifier merge the slices and leaves a full comparator sort (8 ms
+  instead of 0.4 ms on a [2, 32768] operand).
   """
-  n = values.shape[0]
-  if n <= 2 * count * block:  # too small to gain anything
-    return jax.lax.top_k(values, count)
+  # The extra scalar keeps the barrier's operand a fresh tuple: a barrier fed the TopK tuple
+  # itself crashes XLA's TopkDecomposer (used for sharded operands).
+  vals, idx, _ = jax.lax.optimization_barrier((*jax.lax.top_k(values, count), jnp.zeros((), jnp.int32)))
+  return vals, idx
+
+
+def _candidate_lists(flat_score, flat_mask, lengths, capacity, block=_BLOCK):
+  """The largest pruned and smallest kept scores, each in the swap order, in one pass.
+
+  Returns ``(vals, idx)`` of shape ``[2, L]`` with ``L = min(capacity, ...)``: row 0 holds
+  pruned scores descending, row 1 the *negated* kept scores descending (kept scores
+  ascending), each with their flat indices; equal scores are ordered by flat index. Exactly
+  ``lax.top_k`` of the two masked key rows, computed as: one fused pass for the maxima of
+  blocks of ``block`` entries of both rows (the only pass over the layer), ``top_k`` over
+  the ``n / block`` block maxima, then ``top_k`` over the ``L`` best blocks gathered in
+  ascending block order. Every one of the ``L`` best entries lies in one of the ``L`` best
+  blocks (ranked by their best entry, value descending then block index ascending), and the
+  ascending gather keeps ties ordered by flat index.
+  """
+  n = flat_score.shape[0]
+  length = min(capacity, max(lengths))
+  neg_inf = jnp.array(-jnp.inf, flat_score.dtype)
+
+  def keys(score, mask):  # [..., m] -> [2, ..., m]; padding (score +inf, kept) is -inf in both
+    return jnp.where(jnp.stack([mask, ~mask]), neg_inf, jnp.stack([score, -score]))
+
+  if n <= 2 * length * block:  # small layer: top_k over the entries themselves
+    return _top_k(keys(flat_score, flat_mask), length)
   n_blocks = -(-n // block)
-  padded = jnp.pad(values, (0, n_blocks * block - n), constant_values=-jnp.inf)
-  blocks = padded.reshape(n_blocks, block)
-  _, best_blocks = jax.lax.top_k(jnp.max(blocks, axis=1), count)
-  best_blocks = jnp.sort(best_blocks)
-  gathered = blocks[best_blocks].reshape(-1)
-  top_vals, pos = jax.lax.top_k(gathered, count)
-  flat_idx = best_blocks[pos // block] * block + pos % block
-  return top_vals, flat_idx
+  pad = n_blocks * block - n
+  if pad:
+    flat_score = jnp.pad(flat_score, (0, pad), constant_values=jnp.inf)
+    flat_mask = jnp.pad(flat_mask, (0, pad), constant_values=True)
+  score_blocks = flat_score.reshape(n_blocks, block)
+  mask_blocks = flat_mask.reshape(n_blocks, block)
+  # One variadic reduction, so that XLA fuses the masking into it and writes no n-sized
+  # temporary (a stacked [2, n] key array would be materialised, and fresh temporaries of
+  # tens of MB cost page faults on every call).
+  block_max = jax.lax.reduce(
+    (jnp.where(mask_blocks, neg_inf, score_blocks), jnp.where(mask_blocks, -score_blocks, neg_inf)),
+    (neg_inf, neg_inf),
+    lambda x, y: (jnp.maximum(x[0], y[0]), jnp.maximum(x[1], y[1])),
+    (1,),
+  )
+  block_max = jnp.stack(block_max)  # [2, n_blocks]
+  _, best = _top_k(block_max, length)
+  best = jnp.sort(best, axis=1)  # [2, length], ascending block index
+  gathered = keys(score_blocks[best], mask_blocks[best])  # [2, 2, length, block]
+  gathered = jnp.stack([gathered[0, 0], gathered[1, 1]]).reshape(2, length * block)
+  vals, pos = _top_k(gathered, length)
+  idx = jnp.take_along_axis(best, pos // block, axis=1) * block + pos % block
+  return vals, idx
 
 
-@functools.partial(jax.jit, static_argnames=("prune_count", "max_swaps", "capacity"))
-def _topk_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
-  """Swap rule via two static-size top_k lists; falls back to _sort_swap when they are too short."""
+def _fast_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
+  """Swap rule from the two candidate lists: ``(new_mask, m, exact)``.
+
+  ``exact`` is False when the lists are too short to decide the rule (the layer has
+  ``capacity`` or more inversions); the caller then uses :func:`_sort_swap`.
+  """
   n = flat_score.shape[0]
   k = prune_count
-  neg_inf = jnp.array(-jnp.inf, flat_score.dtype)
   len_p = min(capacity, k)
   len_q = min(capacity, n - k)
   common = min(len_p, len_q)
-  # Pruned scores descending and kept scores ascending; TopK puts the lower index first on
-  # ties, which is the documented tie rule for both orders.
-  p_vals, p_idx = _blocked_top_k(jnp.where(flat_mask, neg_inf, flat_score), len_p)
-  neg_q_vals, q_idx = _blocked_top_k(jnp.where(flat_mask, -flat_score, neg_inf), len_q)
-  q_vals = -neg_q_vals
+  vals, idx = _candidate_lists(flat_score, flat_mask, (len_p, len_q), capacity)
+  p_vals, p_idx = vals[0, :len_p], idx[0, :len_p]
+  q_vals, q_idx = -vals[1, :len_q], idx[1, :len_q]
   inversions = jnp.sum(p_vals[:common] > q_vals[:common], dtype=jnp.int32)
   # The lists decide everything when j < common: j itself, p_(j+1) for t = max(p_(j+1), q_j),
   # all of R (within the first j) and |D| whenever it can equal |R| <= j. When j reaches
@@ -220,21 +262,57 @@ def _topk_swap(flat_score, flat_mask, prune_count, rate, max_swaps, capacity):
   if len_q < n - k:
     at_most = at_most & (inversions < len_q)
   exact = (inversions < common) | at_most
+  neg_inf = jnp.array(-jnp.inf, p_vals.dtype)
+  p_ext = jnp.concatenate([p_vals, neg_inf[None]])
+  q_ext = jnp.concatenate([neg_inf[None], q_vals])
+  j = jnp.minimum(inversions, common)
+  threshold = jnp.maximum(p_ext[j], q_ext[j])
+  n_revive = jnp.sum(p_vals > threshold, dtype=jnp.int32)  # all of R is in the list
+  n_drop = jnp.sum(q_vals <= threshold, dtype=jnp.int32)  # exact whenever it can equal n_revive
+  act = exact & (inversions > 0) & (n_revive > 0) & (n_revive == n_drop)
+  m = jnp.where(act, _num_swaps(rate, n_revive, max_swaps), 0)
+  return _apply_swaps(flat_mask, p_idx, q_idx, m), m, exact
 
-  def fast(_):
-    p_ext = jnp.concatenate([p_vals, neg_inf[None]])
-    q_ext = jnp.concatenate([neg_inf[None], q_vals])
-    threshold = jnp.maximum(p_ext[inversions], q_ext[inversions])
-    n_revive = jnp.sum(p_vals > threshold, dtype=jnp.int32)  # all of R is in the list
-    n_drop = jnp.sum(q_vals <= threshold, dtype=jnp.int32)  # exact whenever it can equal n_revive
-    act = (n_revive > 0) & (n_revive == n_drop)
-    m = jnp.where(act, _num_swaps(rate, n_revive, max_swaps), 0)
-    return _apply_swaps(flat_mask, p_idx, q_idx, m), m
 
-  def slow(_):
-    return _sort_swap(flat_score, flat_mask, prune_count=k, rate=rate, max_swaps=max_swaps)
+@functools.partial(jax.jit, static_argnames=("prune_counts", "max_swaps", "capacity"))
+def _swap_flat(flat_scores, flat_masks, rate, prune_counts, max_swaps, capacity):
+  """The swap rule on several flat leaves (0 < k < n each): candidate lists, sort fallback.
 
-  return jax.lax.cond(exact, fast, slow, None)
+  One ``lax.cond`` for all the leaves: when every leaf's lists are exact (the common case)
+  the fast results are returned as they are; otherwise each leaf that needs it is redone
+  by the full sort (a per-leaf ``lax.cond`` inside the fallback branch).
+  """
+  fast = [
+    _fast_swap(s, m, k, rate, max_swaps, capacity) for s, m, k in zip(flat_scores, flat_masks, prune_counts)
+  ]
+  new_masks = tuple(f[0] for f in fast)
+  n_swaps = tuple(f[1] for f in fast)
+  exact = jnp.stack([f[2] for f in fast])
+
+  def fallback(operands):
+    new_masks, n_swaps = operands
+    out_masks, out_swaps = [], []
+    for i, (s, m, k) in enumerate(zip(flat_scores, flat_masks, prune_counts)):
+      new, n = jax.lax.cond(
+        exact[i],
+        lambda s, m, i=i: (new_masks[i], n_swaps[i]),
+        lambda s, m, k=k: _sort_swap(s, m, prune_count=k, rate=rate, max_swaps=max_swaps),
+        s, m,
+      )
+      out_masks.append(new)
+      out_swaps.append(n)
+    return tuple(out_masks), tuple(out_swaps)
+
+  return jax.lax.cond(jnp.all(exact), lambda operands: operands, fallback, (new_masks, n_swaps))
+
+
+@functools.partial(jax.jit, static_argnames=("prune_counts", "max_swaps"))
+def _sort_flat(flat_scores, flat_masks, rate, prune_counts, max_swaps):
+  results = [
+    _sort_swap(s, m, prune_count=k, rate=rate, max_swaps=max_swaps)
+    for s, m, k in zip(flat_scores, flat_masks, prune_counts)
+  ]
+  return tuple(r[0] for r in results), tuple(r[1] for r in results)
 
 
 def _unshard_explicit(x: jax.Array) -> jax.Array:
@@ -292,8 +370,8 @@ def swap_update(
     return mask, jnp.zeros((), jnp.int32)
   if capacity < 1:
     raise ValueError(f"capacity must be >= 1, got {capacity}.")
-  new_flat, m = _topk_swap(
-    _canonical_scores(score), mask.reshape(-1), prune_count=k, rate=rate, max_swaps=max_swaps, capacity=capacity
+  (new_flat,), (m,) = _swap_flat(
+    (_canonical_scores(score),), (mask.reshape(-1),), rate, prune_counts=(k,), max_swaps=max_swaps, capacity=capacity
   )
   return new_flat.reshape(mask.shape), m
 
@@ -341,20 +419,33 @@ def update_masks(
     ``(new_masks, n_swaps)``: the new masks, and a pytree of int32 scalars (swaps per leaf).
   """
   _check_rate(rate)
-  if impl == "topk":
-    fn = lambda s, m, k: swap_update(s, m, k, rate, max_swaps, capacity=capacity)
-  elif impl == "sort":
-    fn = lambda s, m, k: swap_update_sort(s, m, k, rate, max_swaps)
-  else:
+  if impl not in ("topk", "sort"):
     raise ValueError(f"impl must be 'topk' or 'sort', got {impl!r}.")
+  if capacity < 1:
+    raise ValueError(f"capacity must be >= 1, got {capacity}.")
   treedef = jax.tree.structure(scores)
   score_leaves = treedef.flatten_up_to(scores)
   mask_leaves = treedef.flatten_up_to(masks)
   count_leaves = treedef.flatten_up_to(prune_counts)
-  results = [fn(s, m, k) for s, m, k in zip(score_leaves, mask_leaves, count_leaves)]
-  new_masks = treedef.unflatten([r[0] for r in results])
-  n_swaps = treedef.unflatten([r[1] for r in results])
-  return new_masks, n_swaps
+  new_leaves = [None] * len(score_leaves)
+  swap_leaves = [None] * len(score_leaves)
+  active = []  # leaves with 0 < k < n; the others pass through with 0 swaps
+  for i, (s, m, k) in enumerate(zip(score_leaves, mask_leaves, count_leaves)):
+    s, m, k, max_swaps = _prepare(s, m, k, rate, max_swaps)
+    if k == 0 or k == s.size:
+      new_leaves[i], swap_leaves[i] = m, jnp.zeros((), jnp.int32)
+    else:
+      active.append((i, _canonical_scores(s), m, k))
+  if active:
+    fn = _swap_flat if impl == "topk" else _sort_flat
+    kwargs = dict(capacity=capacity) if impl == "topk" else {}
+    new_flat, n_swaps = fn(
+      tuple(a[1] for a in active), tuple(a[2].reshape(-1) for a in active), rate,
+      prune_counts=tuple(a[3] for a in active), max_swaps=max_swaps, **kwargs,
+    )
+    for (i, _, m, _), new, n in zip(active, new_flat, n_swaps):
+      new_leaves[i], swap_leaves[i] = new.reshape(m.shape), n
+  return treedef.unflatten(new_leaves), treedef.unflatten(swap_leaves)
 
 
 def swap_update_reference(
