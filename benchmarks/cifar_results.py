@@ -107,6 +107,7 @@ def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str
       # Magnitude mask frozen (update_rule=fixed) but the network still runs in
       # training mode for the same steps: BatchNorm re-estimation alone.
       "bnrecal90": search_args(sub_zip, 0.9, extra=("--config.mask.update_rule=fixed",)),
+      "bnrecal95": search_args(sub_zip, 0.95, extra=("--config.mask.update_rule=fixed",)),
       "random90": search_args(sub_zip, 0.9, eval_every=0.25,
                               extra=("--config.mask.score_init=random",)),
       "decay90": search_args(sub_zip, 0.9, extra=("--config.mask.rate_schedule=decay",)),
@@ -242,12 +243,17 @@ def collect(root: str) -> str:
                      + ", ".join(f"{st}: {pct(a)}" for st, a in c)
                      + f" | {reach if label == 'magnitude init' else ''} |")
         ax.plot([st for st, _ in c], [100 * a for _, a in c], "o-", label=label)
+    for name, label, marker in ((f"bnrecal90{suf}", "magnitude mask, BN re-estimated", "s"),
+                                (f"finetune90{suf}", "magnitude mask, fine-tuned", "^")):
+      if S.get(name):
+        ax.plot([S[name]["steps"]], [100 * S[name]["final_eval"]["accuracy"]], marker,
+                label=label)
     if dense is not None:
       ax.axhline(100 * dense, color="gray", ls="--", label="dense")
     ax.set_xlabel("search step (batch 256)")
     ax.set_ylabel("test accuracy (%), 5k subset")
     ax.set_title(f"ResNet-20, 90%, {title}")
-    ax.legend()
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(FIG, "search_cost.png"), dpi=120)
   plt.close(fig)
@@ -258,8 +264,8 @@ def collect(root: str) -> str:
          (f"cap{CAP}_90", f"max_swaps={CAP} per layer"))
   lines += ["### Short restriction ablation (90%)", "",
             "| rule | final accuracy | final train loss (last interval) | "
-            "mean swaps/step, first interval | last interval | total swaps |",
-            "|---|---|---|---|---|---|"]
+            "mean swaps/step: first interval | peak interval | last interval | total swaps |",
+            "|---|---|---|---|---|---|---|"]
   fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
   for name, label in abl:
     s = S[name]
@@ -271,6 +277,7 @@ def collect(root: str) -> str:
     total = sum(r["swaps/total"] * (b - a) for r, a, b in zip(h, prev, steps))
     lines.append(f"| {label} | {pct(s['final_eval']['accuracy'])} | "
                  f"{h[-1]['train/loss']:.4f} | {h[0]['swaps/total']:.1f} | "
+                 f"{max(r['swaps/total'] for r in h):.1f} | "
                  f"{h[-1]['swaps/total']:.1f} | {total:.0f} |")
     axs[0].plot(steps, [r["train/loss"] for r in h], label=label)
     axs[1].plot(steps, [r["swaps/total"] for r in h], label=label)
