@@ -46,8 +46,7 @@ from lottery_jax.engine.config import base_config  # noqa: E402
 from lottery_jax.engine.optim import make_optimizer  # noqa: E402
 from lottery_jax.engine.state import (Program, TrainState, effective_params,  # noqa: E402
                                       score_placeholders)
-from lottery_jax.engine import step as step_lib  # noqa: E402
-from lottery_jax.engine.step import make_train_step, swap_unless_ordered  # noqa: E402
+from lottery_jax.engine.step import make_train_step  # noqa: E402
 from lottery_jax.search import jackpot, update_masks  # noqa: E402
 
 CASES = {
@@ -56,12 +55,6 @@ CASES = {
     "r50": ("resnet50", 32, 1000, 1e-4),
     "smoke": ("cifar_resnet20", 8, 10, 5e-4),  # a quick check of the script itself
 }
-
-
-def _always_swap(score, mask, prune_count, rate, max_swaps=None):
-  new_masks, n_swaps = update_masks([score], [mask], [prune_count], rate,
-                                    max_swaps=max_swaps)
-  return new_masks[0], n_swaps[0].astype(jnp.int32)
 
 
 class Case:
@@ -125,13 +118,11 @@ class Case:
         prune_counts=dense_space.prune_counts)
 
     self.steps = {"dense": self.dense_step, "search": search_step("swap"),
-                  "search_fixed": search_step("fixed"),
-                  "search_noskip": search_step("swap")}
+                  "search_fixed": search_step("fixed")}
     # Separate buffers per state: each step donates its input state.
     fresh = lambda st: jax.tree.map(jnp.copy, st)  # noqa: E731
     self.states = {"dense": fresh(self.dense_state), "search": fresh(search_state()),
-                   "search_fixed": fresh(search_state()),
-                   "search_noskip": fresh(search_state())}
+                   "search_fixed": fresh(search_state())}
     self.swaps_seen: list[int] = []
 
     img_key, lbl_key = jax.random.split(data_key)
@@ -159,26 +150,10 @@ class Case:
       eff, vjp = jax.vjp(f, scores)
       return eff, vjp(cotangent)[0]
 
-    @jax.jit
-    def swap_engine(scores, masks):
-      s, m = treedef.flatten_up_to(scores), treedef.flatten_up_to(masks)
-      out = [swap_unless_ordered(s[i], m[i], counts[i], 1.0) for i in idx]
-      return [o[0] for o in out], [o[1] for o in out]
-
-    self.swap_alone, self.ste_alone, self.swap_engine = swap_alone, ste_alone, swap_engine
+    self.swap_alone, self.ste_alone = swap_alone, ste_alone
 
   def run(self, variant: str):
-    if variant == "search_noskip":
-      # The engine before the no-inversion shortcut: trace the step with the rule applied
-      # to every searched leaf unconditionally (jit caches this trace for later calls).
-      saved = step_lib.swap_unless_ordered
-      step_lib.swap_unless_ordered = _always_swap
-      try:
-        state, metrics = self.steps[variant](self.states[variant], self.batch)
-      finally:
-        step_lib.swap_unless_ordered = saved
-    else:
-      state, metrics = self.steps[variant](self.states[variant], self.batch)
+    state, metrics = self.steps[variant](self.states[variant], self.batch)
     jax.block_until_ready((state, metrics))
     self.states[variant] = state
     if variant == "search":
@@ -225,20 +200,16 @@ def measure(case: Case, repeats: int, warmup: int, parts: bool = True,
     part_fns = {
         "ste": lambda: case.ste_alone(scores, after, cot),
         "swap_realistic": lambda: case.swap_alone(scores, before),
-        "swap_realistic_engine": lambda: case.swap_engine(scores, before),
         "swap_converged": lambda: case.swap_alone(scores, after),
-        "swap_converged_engine": lambda: case.swap_engine(scores, after),
     }
     for k, f in part_fns.items():
       jax.block_until_ready(f())
       times[k] = []
     realistic = case.swap_alone(scores, before)[1]
-    engine = case.swap_engine(scores, before)[1]
     layers = [int(x) for x in realistic]
     part_swaps = {"realistic_total": sum(layers),
                   "realistic_layers_swapping": sum(x > 0 for x in layers),
-                  "layers": len(layers),
-                  "engine_equal": sum(int(x) for x in engine) == sum(layers)}
+                  "layers": len(layers)}
   case.swaps_seen.clear()
   for r in range(repeats):
     order = variants[r % len(variants):] + variants[:r % len(variants)]
@@ -286,8 +257,8 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--hlo", action="store_true")
   p.add_argument("--no-parts", action="store_true")
-  p.add_argument("--variants", default="dense,search,search_noskip,search_fixed",
-                 help="comma-separated subset of dense,search,search_noskip,search_fixed")
+  p.add_argument("--variants", default="dense,search,search_fixed",
+                 help="comma-separated subset of dense,search,search_fixed")
   args = p.parse_args(argv)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs visible")

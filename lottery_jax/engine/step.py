@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lottery_jax import masks as mask_algebra
+from lottery_jax.search.swap import update_masks
 from lottery_jax.engine.state import Program, TrainState, effective_params
 
 
@@ -56,10 +57,12 @@ def make_train_step(model, tx: optax.GradientTransformation, program: Program, *
   def _swap_searched(scores, masks, rate):
     """The swap rule on the searched leaves only (others hold score placeholders)."""
     s_leaves, m_leaves = treedef.flatten_up_to(scores), treedef.flatten_up_to(masks)
+    new_masks, new_swaps = update_masks([s_leaves[i] for i in idx],
+                                        [m_leaves[i] for i in idx],
+                                        [counts[i] for i in idx], rate, max_swaps=max_swaps)
     swaps = [jnp.zeros((), jnp.int32)] * len(flags)
-    for i in idx:
-      m_leaves[i], swaps[i] = swap_unless_ordered(s_leaves[i], m_leaves[i], counts[i], rate,
-                                                  max_swaps)
+    for j, i in enumerate(idx):
+      m_leaves[i], swaps[i] = new_masks[j], new_swaps[j].astype(jnp.int32)
     return treedef.unflatten(m_leaves), treedef.unflatten(swaps)
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
@@ -96,28 +99,6 @@ def make_train_step(model, tx: optax.GradientTransformation, program: Program, *
     return new_state, metrics
 
   return _jit(step, mesh, donate=True)
-
-
-def swap_unless_ordered(score, mask, prune_count, rate, max_swaps=None):
-  """The swap rule on one leaf, skipped when no pruned score exceeds a kept one.
-
-  Exact shortcut: if max(pruned scores) <= min(kept scores), the pruned entries are a set
-  of the k smallest, so the threshold t is the largest pruned score, no pruned entry has a
-  score > t, the revive set is empty and the rule leaves the mask unchanged with 0 swaps.
-  One fused max/min pass over the leaf then replaces the rule's two top_k passes; leaves
-  with an inversion run the rule as before (benchmarks/search_step.py measures both).
-  """
-  from lottery_jax.search import update_masks
-  inf = jnp.array(jnp.inf, score.dtype)
-  inverted = (jnp.max(jnp.where(mask, -inf, score)) > jnp.min(jnp.where(mask, inf, score)))
-
-  def run_rule(score, mask):
-    new_masks, n_swaps = update_masks([score], [mask], [prune_count], rate,
-                                      max_swaps=max_swaps)
-    return new_masks[0], n_swaps[0].astype(jnp.int32)
-
-  return jax.lax.cond(inverted, run_rule,
-                      lambda score, mask: (mask, jnp.zeros((), jnp.int32)), score, mask)
 
 
 def make_eval_step(model, *, searched, mesh: Mesh | None = None):
