@@ -112,6 +112,9 @@ def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str
                               extra=("--config.mask.score_init=random",)),
       "decay90": search_args(sub_zip, 0.9, extra=("--config.mask.rate_schedule=decay",)),
       f"cap{CAP}_90": search_args(sub_zip, 0.9, extra=(f"--config.mask.max_swaps={CAP}",)),
+      # Second seed (data order, augmentation; the magnitude mask is deterministic).
+      "jackpot90_s1": search_args(sub_zip, 0.9, extra=("--config.seed=1",)),
+      "finetune90_s1": search_args(sub_zip, 0.9, extra=(*FINETUNE, "--config.seed=1")),
       # Three subset epochs (117 steps; the per-epoch cosine gives lr x1, x0.75, x0.25).
       "jackpot90_e3": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5),
       "random90_e3": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5,
