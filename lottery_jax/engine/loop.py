@@ -171,7 +171,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh):
   return _Run(config=config, mesh=mesh, data=data, model=model, spec=spec,
               program=program, space=space, state=state, initial_masks=initial_masks,
               total_steps=total, train_step=train_step, eval_step=eval_step,
-              pretrained=pretrained, mask_key=mask_key)
+              pretrained=pretrained, mask_key=jax.random.fold_in(mask_key, 1))  # not the init key
 
 
 def _masks_of_run(workdir: str, params, where):
