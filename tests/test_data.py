@@ -134,6 +134,25 @@ def test_same_seed_same_order_other_seed_other_order():
   assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
 
 
+def test_max_examples_is_a_fixed_random_subset_not_the_first_n():
+  # _test_index's example i is the value i; treat i // 10 as a class-ordered label
+  # (image folders list records class by class), so the first 32 are 4 classes.
+  subsets = []
+  for seed in (0, 1):
+    d = data.build(cfg_for("_test_index", max_train_examples=32, max_eval_examples=10),
+                   seed=seed)
+    assert (d.info.num_train, d.info.num_eval, d.steps_per_epoch) == (32, 10, 2)
+    seen = np.concatenate([index_of(b) for b in take(d.train_iter(), 2)])
+    assert len(set(seen)) == 32 and seen.max() >= 32      # not the first 32
+    assert len(set(seen // 10)) >= 8                       # of 10 "classes"
+    subsets.append(set(seen))
+    evals = [host(b) for b in d.eval_iter()]
+    ev = np.concatenate([index_of(b)[b["valid"]] for b in evals])
+    assert len(ev) == 10 and len(set(ev)) == 10 and ev.max() >= 10
+    assert np.all(np.diff(ev) > 0)                          # kept in source order
+  assert subsets[0] == subsets[1]   # the subset does not depend on the run's seed
+
+
 def _assert_same(xs, ys):
   assert len(xs) == len(ys)
   for x, y in zip(xs, ys):

@@ -3,7 +3,7 @@
 Training stream (per process, all `grain.MapDataset`, so every element has an
 index and the whole stream is a pure function of (seed, step)):
 
-  source -> [:max_train_examples] -> this process's contiguous shard
+  source -> [fixed random subset of max_train_examples] -> this process's contiguous shard
     -> shuffle (grain's index shuffle, reseeded every epoch)
     -> epoch stream (epoch e, position i -> shuffled[e * shard_len + i], keeping
        only the first steps_per_epoch * local_batch positions: drop remainder)
@@ -67,8 +67,8 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     num_workers=0,          # Grain worker processes; 0 = in this process.
     read_threads=2,         # Threads per process producing batches.
     prefetch_batches=2,     # Batches buffered per process / worker.
-    max_train_examples=0,   # > 0: use only the first N train examples.
-    max_eval_examples=0,    # > 0: use only the first N eval examples.
+    max_train_examples=0,   # > 0: use a fixed random subset of N train examples.
+    max_eval_examples=0,    # > 0: use a fixed random subset of N eval examples.
 )
 
 
@@ -151,6 +151,37 @@ class _BatchMap(grain.transforms.Map):
 
   def map(self, element):
     return self._fn(element)
+
+
+SUBSET_SEED = 0  # The subsets of max_*_examples do not depend on the run's seed.
+
+
+class _Subset:
+  """Random-access view of `records` at sorted `indices` (picklable for workers)."""
+
+  def __init__(self, records, indices: np.ndarray):
+    self._records = records
+    self._indices = indices
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    return self._records[int(self._indices[i])]
+
+
+def _subset(records, limit: int, salt: int):
+  """`limit` records drawn uniformly without replacement, in their original order.
+
+  Sources list records in a structured order (image folders class by class), so
+  the first N would be one or two classes. The draw uses a fixed seed (and a
+  per-split `salt`), so runs with different seeds see the same examples.
+  """
+  n = len(records)
+  if limit <= 0 or limit >= n:
+    return records, n
+  rng = np.random.default_rng([SUBSET_SEED, salt])
+  return _Subset(records, np.sort(rng.choice(n, limit, replace=False))), limit
 
 
 class _EvalExample(grain.transforms.Map):
@@ -284,14 +315,8 @@ class Data:
     std = tuple(cfg.std) or train.std
     self.options = preprocess.Options.from_config(cfg, mean, std)
 
-    self._train_records = train.records
-    self._eval_records = evals.records
-    num_train = len(train.records)
-    if int(cfg.max_train_examples) > 0:
-      num_train = min(num_train, int(cfg.max_train_examples))
-    num_eval = len(evals.records)
-    if int(cfg.max_eval_examples) > 0:
-      num_eval = min(num_eval, int(cfg.max_eval_examples))
+    self._train_records, num_train = _subset(train.records, int(cfg.max_train_examples), 1)
+    self._eval_records, num_eval = _subset(evals.records, int(cfg.max_eval_examples), 2)
     self.steps_per_epoch = num_train // self.global_batch_size
     if self.steps_per_epoch == 0:
       raise ValueError(f"global batch size {self.global_batch_size} is larger than the "
@@ -306,6 +331,8 @@ class Data:
         "name": str(cfg.name), "seed": self.seed, "num_train": num_train,
         "global_batch_size": self.global_batch_size, "process_count": self.process_count,
         "shuffle": bool(cfg.shuffle)}
+    if num_train < len(train.records):
+      self.fingerprint["subset"] = f"random:{SUBSET_SEED}"  # not the first N (older runs)
     self._train_fn = preprocess.make_example_fn(self.options, train=True,
                                                 augment=bool(cfg.augment))
     self._eval_fn = preprocess.make_example_fn(self.options, train=False, augment=False)
