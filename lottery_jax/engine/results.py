@@ -247,11 +247,9 @@ def summarize(run, state, *, initial_eval, final_eval, history, wall_time_s,
         "config": config_json,
     }
     if run.program.train_scores and run.config.analysis.enabled:
-      batches = []
-      for i, batch in enumerate(run.data.eval_iter()):
-        if i >= run.config.analysis.saliency_batches:
-          break
-        batches.append(batch)
+      # Saliency from training batches (shuffled, as SNIP does), never the test split.
+      train_batches = run.data.train_iter()
+      batches = [next(train_batches) for _ in range(int(run.config.analysis.saliency_batches))]
       saliency = jackpot.saliency_scores(run.model, run.pretrained, batches,
                                          run.space.searched)
       out["mask_analysis"] = jackpot.mask_analysis(

@@ -128,7 +128,10 @@ def _select(tree, flags):
 
 
 def saliency_scores(model, variables, batches, searched):
-  """|g * w| summed over `batches` (gradient saliency, as in SNIP), in eval mode."""
+  """|g * w| summed over `batches` (gradient saliency, as in SNIP), in eval mode.
+
+  The engine passes training batches; a `valid` entry (eval batches) masks padding.
+  """
   from lottery_jax.engine.step import cross_entropy
 
   @jax.jit
@@ -136,8 +139,9 @@ def saliency_scores(model, variables, batches, searched):
     def loss(p):
       logits = model.apply({"params": p, "batch_stats": variables["batch_stats"]},
                            batch["image"], train=False)
-      per_example = cross_entropy(logits, batch["label"]) * batch["valid"]
-      return per_example.sum() / jnp.maximum(batch["valid"].sum(), 1)
+      valid = batch.get("valid", jnp.ones(batch["label"].shape, bool))
+      per_example = cross_entropy(logits, batch["label"]) * valid
+      return per_example.sum() / jnp.maximum(valid.sum(), 1)
     return jax.grad(loss)(params)
 
   total = None
