@@ -47,60 +47,15 @@ from lottery_jax.search import constant_rate, jackpot  # noqa: E402,F401
 
 def torch_resnet32(num_classes: int = 10):
   """The jackpot reference's wide ResNet-32 (widths 32/64/128, option-A, 1x1-conv fc)."""
-  import torch
-  from torch import nn
-  F = nn.functional
-
-  class ResBasicBlock(nn.Module):
-
-    def __init__(self, inplanes, planes, stride=1):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.stride, self.inplanes, self.planes = stride, inplanes, planes
-
-    def shortcut(self, x):
-      if self.stride == 1 and self.inplanes == self.planes:
-        return x
-      lo = (self.planes - self.inplanes) // 2
-      return F.pad(x[:, :, ::self.stride, ::self.stride],
-                   (0, 0, 0, 0, lo, self.planes - self.inplanes - lo))
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-  class ResNet(nn.Module):
-
-    def __init__(self, widths=(32, 64, 128), n=5):
-      super().__init__()
-      self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(widths[0])
-      inp = widths[0]
-      for stage, planes in enumerate(widths):
-        blocks = []
-        for i in range(n):
-          blocks.append(ResBasicBlock(inp, planes, 2 if (stage > 0 and i == 0) else 1))
-          inp = planes
-        setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
-      self.fc = nn.Conv2d(inp, num_classes, 1, bias=True)
-
-    def forward(self, x):
-      x = F.relu(self.bn1(self.conv1(x)))
-      x = self.layer3(self.layer2(self.layer1(x)))
-      return self.fc(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-
-  del torch
-  return ResNet()
+  from lottery_jax.convert import torch_twins
+  return torch_twins.make_torch("jackpot_resnet32", num_classes)
 
 
 def median_ms(ts):
   return 1e3 * statistics.median(ts)
 
 
-def build_jax(model, variables, impl: str, sparsity: float):
+def build_jax(model, variables, impl: str, sparsity: float, batch):
   """Dense train step, search step and forward of `model`, traced under `impl`."""
   params, batch_stats = variables["params"], variables["batch_stats"]
   # The steps donate their state: every state owns its buffers.
@@ -129,12 +84,19 @@ def build_jax(model, variables, impl: str, sparsity: float):
       scores=scores, masks=masks, opt_state=tx.init({"scores": scores}),
       rng=jax.random.PRNGKey(0), bad_step=jnp.full((), -1, jnp.int32))
 
+  # `use_impl` acts at trace time, and jit traces lazily: compile ahead of time inside
+  # the block, or every impl would silently run the default lowering.
   with conv.use_impl(impl):
     dense_step = make_train_step(model, tx, dense_program, searched=dense_space.searched,
                                  prune_counts=dense_space.prune_counts)
+    dense_step = dense_step.lower(dense_state, batch).compile()
     search_step = make_train_step(model, tx, search_program, searched=space.searched,
                                   prune_counts=space.prune_counts, rate_fn=constant_rate(1.0))
+    search_step = search_step.lower(search_state, batch).compile()
     forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
+    forward = forward.lower(variables, batch["image"]).compile()
+  convs = dense_step.as_text().count(" convolution(")
+  print(f"  conv impl {impl!r}: {convs} convolution ops in the compiled dense step", flush=True)
   return {"train": (dense_step, dense_state), "search": (search_step, search_state),
           "fwd": forward}, impl
 
@@ -182,7 +144,7 @@ def main(argv=None):
 
   cases = {"torch/train": torch_train, "torch/fwd": torch_fwd}
   for impl in args.impls.split(","):
-    fns, impl = build_jax(model, variables, impl, args.sparsity)
+    fns, impl = build_jax(model, variables, impl, args.sparsity, batch)
     holder = {k: fns[k][1] for k in ("train", "search")}
 
     def make_step(kind, fns=fns, holder=holder):
