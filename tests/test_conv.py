@@ -29,14 +29,15 @@ def _reference(x, w, stride, padding):
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("impl", ["patches", "taps"])
+@pytest.mark.parametrize("impl", ["patches", "taps", "barrier"])
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_forward_and_gradients_match_lax(impl, case):
   n, h, w_, c, o, k, stride, padding = case
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (n, h, w_, c), jnp.float32)
   w = jax.random.normal(kw, (k, k, c, o), jnp.float32)
-  fn = conv.conv2d_patches if impl == "patches" else conv.conv2d_taps
+  fn = {"patches": conv.conv2d_patches, "taps": conv.conv2d_taps,
+        "barrier": conv.conv2d_barrier}[impl]
 
   y_ref, vjp_ref = jax.vjp(lambda x, w: _reference(x, w, stride, padding), x, w)
   y, vjp = jax.vjp(lambda x, w: fn(x, w, (stride, stride), padding), x, w)
@@ -46,7 +47,7 @@ def test_forward_and_gradients_match_lax(impl, case):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["patches", "taps"])
+@pytest.mark.parametrize("impl", ["patches", "taps", "barrier"])
 def test_jitted_grad_matches_lax(impl):
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   w = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
@@ -89,7 +90,7 @@ def test_impl_resolution():
     conv.resolve_impl("im2col")
 
 
-@pytest.mark.parametrize("impl", ["patches", "taps"])
+@pytest.mark.parametrize("impl", ["patches", "taps", "barrier"])
 def test_model_param_tree_and_output_do_not_depend_on_impl(impl):
   model = models.get("digits_cnn", num_classes=10)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))

@@ -11,20 +11,20 @@ Every model conv goes through `conv_general_dilated` (plugged into
 * "taps": XLA's forward and input gradient; the stride-1 weight gradient as
   kh*kw GEMMs over flat shifted views of the padded input (no im2col), and the
   residual input read through an optimisation barrier.
+* "barrier": XLA's forward and both gradient convs, with only the residual input
+  read through an optimisation barrier (stops the recomputation described below).
 
 Profile of the wide ResNet-32 training step (batch 128, 2 shared cores, under
 load; BENCHMARKS.md "Against PyTorch (CPU)"): convolutions (YNNPACK) ~47%, of
 which weight-gradient convs ~20% and forward ~18%; `transpose_copy` fusions ~39%:
 the NHWC -> batch-minor transposes feeding the weight-gradient convs, into which
 XLA fuses (recomputes) the whole BN/ReLU/residual chain of earlier blocks.
-What was measured here, in one process, interleaved (medians, heavily loaded
-machine): building im2col in XLA:CPU is slow (a 9-way concat of a
-128x32x32x32 input: ~500 ms, vs ~90 ms for the 9 slices and ~90 ms for the
-matmul), so "patches" is 2-4x slower than "xla" per conv; "taps" removes
-most of the transpose cost (3.4 s -> 0.56 s per step in the profile) but its
-contiguous slices and small-K GEMMs cost more than they save (step 13.2 s vs
-12.4 s). Neither measured faster, so `DEFAULT_IMPL` is "xla": "auto" picks
-XLA's convolution everywhere until a lowering measures faster.
+Measured on a quiet machine (`benchmarks/vs_pytorch.py --impls xla,barrier,taps`,
+one process, interleaved, medians of 5): search step xla 2,657 ms, barrier
+2,564 ms, taps 2,825 ms; dense step 2,988 / 2,843 / 6,664 ms. "patches" is 2-4x
+slower than "xla" per conv (XLA:CPU builds the im2col slowly). "barrier"'s 3-5%
+is inside the run-to-run spread, so `DEFAULT_IMPL` stays "xla": "auto" picks
+XLA's convolution everywhere until a lowering measures clearly faster.
 """
 
 from __future__ import annotations
@@ -173,6 +173,23 @@ def _conv_taps_bwd(strides, padding, res, g):
 _conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_barrier(x, w, strides, padding):
+  return _xla_conv(x, w, strides, padding)
+
+
+def _conv_barrier_bwd(strides, padding, res, g):
+  # XLA's own gradient convs, but on the stored input read through a barrier, so
+  # the transposes feeding the weight-gradient conv copy a buffer instead of
+  # recomputing the BN/ReLU/residual chain that produced it.
+  x, w = lax.optimization_barrier(res)
+  _, vjp = jax.vjp(lambda x_, w_: _xla_conv(x_, w_, strides, padding), x, w)
+  return vjp(g)
+
+
+_conv_barrier.defvjp(_conv_taps_fwd, _conv_barrier_bwd)
+
+
 def conv2d_patches(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
                    padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0))) -> jax.Array:
   """NHWC x HWIO -> NHWC convolution as im2col + matmul, with a matmul VJP.
@@ -195,6 +212,13 @@ def conv2d_taps(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
   gradient of stride-1 convs as per-tap GEMMs (`_weight_grad_taps`). Arguments as
   `conv2d_patches`."""
   return _conv_taps(x, w, *_normalise(x, w, strides, padding))
+
+
+def conv2d_barrier(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
+                   padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0))) -> jax.Array:
+  """NHWC x HWIO -> NHWC convolution: XLA's forward and gradients, the backward reading
+  its stored input through an optimisation barrier. Arguments as `conv2d_patches`."""
+  return _conv_barrier(x, w, *_normalise(x, w, strides, padding))
 
 
 def _normalise(x, w, strides, padding):
@@ -220,7 +244,7 @@ def _patches_applicable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
   return given == nhwc and jnp.issubdtype(lhs.dtype, jnp.floating)
 
 
-IMPLS = ("xla", "patches", "taps")
+IMPLS = ("xla", "patches", "taps", "barrier")
 _override: list[str] = []
 
 
@@ -269,6 +293,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     strides, pads = _normalise(lhs, rhs, window_strides, padding)
     if impl == "patches":
       return _conv_patches(lhs, rhs, strides, pads)
+    if impl == "barrier":
+      return _conv_barrier(lhs, rhs, strides, pads)
     return _conv_taps(lhs, rhs, strides, pads)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
