@@ -69,11 +69,14 @@ SUB_ZIP = "runs/cifar/cifar10-sub.zip"
 SEARCH_EPOCHS = 1.0   # passes over the 10k-image subset (39 steps of batch 256)
 
 
+PRETRAIN_EPOCHS = 10.0  # of the full 50k train split (the recipe's 160 do not fit here)
+
+
 def pretrain_args(zip_path: str) -> list[str]:
   return [f"--config=configs/pretrain_resnet20_cifar10.py:folder={zip_path}",
-          "--config.num_epochs=1.5", "--config.optimizer.schedule=cosine",
-          "--config.eval_every_epochs=0", "--config.log_every_steps=20",
-          "--config.checkpoint_every_steps=50"]
+          f"--config.num_epochs={PRETRAIN_EPOCHS}", "--config.optimizer.schedule=cosine",
+          "--config.eval_every_epochs=2.5", "--config.log_every_steps=50",
+          "--config.checkpoint_every_steps=200"]
 
 
 def search_args(sub_zip: str, sparsity: float, epochs: float = SEARCH_EPOCHS,

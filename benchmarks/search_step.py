@@ -2,13 +2,14 @@
 
 Run:  python benchmarks/search_step.py [--case r32|r50|all] [--repeats 5] [--warmup 3]
 
-Both steps are built the way `lottery_jax.engine.loop.build` builds them (same
-search space, magnitude masks and 1.0/0.99 scores, same optimiser from the
-config, `make_train_step` with donation); weights are random (timings do not
-depend on them) and the batch is synthetic data of the right shape. Before
-timing, every step runs `--warmup` times (compile, then steps that make the
-swap rule actually swap). Then the variants run interleaved, in rotating order,
-`--repeats` times each, every call ended by `block_until_ready`; figures are
+Both steps come from `lottery_jax.engine.loop.build` itself (the engine's search
+space, magnitude masks and 1.0/0.99 scores, optimiser, sharded `make_train_step`
+with donation, one mesh over the visible devices) on configs that differ only
+in what they train; weights are random (timings do not depend on them) and the
+batch is synthetic data of the right shape from a benchmark-only data source.
+Before timing, every step runs `--warmup` times (compile, then steps that make
+the swap rule actually swap). Then the variants run interleaved, in rotating
+order, `--repeats` times each, every call ended by `block_until_ready`; figures are
 medians. Variants:
 
 * dense:        Program(train_weights=True) at sparsity 0 (what a pretrain config runs)
@@ -39,15 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from lottery_jax import masks as mask_algebra  # noqa: E402
-from lottery_jax import models  # noqa: E402
+from lottery_jax.data import registry  # noqa: E402
+from lottery_jax.data.sources import ArrayRecords  # noqa: E402
 from lottery_jax.engine import loop  # noqa: E402
 from lottery_jax.engine.config import base_config  # noqa: E402
-from lottery_jax.engine.optim import make_optimizer  # noqa: E402
-from lottery_jax.engine.state import (Program, TrainState, effective_params,  # noqa: E402
-                                      score_placeholders)
-from lottery_jax.engine.step import make_train_step  # noqa: E402
-from lottery_jax.search import jackpot, update_masks  # noqa: E402
+from lottery_jax.engine.state import effective_params  # noqa: E402
+from lottery_jax import models  # noqa: E402
+from lottery_jax.search import update_masks  # noqa: E402
 
 CASES = {
     # name: (model, batch, num_classes, score weight decay)
@@ -56,80 +55,62 @@ CASES = {
     "smoke": ("cifar_resnet20", 8, 10, 5e-4),  # a quick check of the script itself
 }
 
+_SYNTHETIC = {"shape": (32, 32, 3), "classes": 10, "examples": 32}
+
+
+@registry.register("_bench_synthetic", defaults=dict(
+    train_split="train", eval_split="test", preprocess="none", mean=(0.0,), std=(1.0,),
+    shuffle=False))
+def _load_synthetic(cfg, split):
+  """Random N(0, 1) images of `_SYNTHETIC["shape"]` with random labels."""
+  del cfg
+  rng = np.random.default_rng({"train": 0, "test": 1}[split])
+  n, classes = _SYNTHETIC["examples"], _SYNTHETIC["classes"]
+  x = rng.standard_normal((n, *_SYNTHETIC["shape"]), dtype=np.float32)
+  return registry.Split(ArrayRecords(x, rng.integers(0, classes, n)), num_classes=classes,
+                        native_shape=_SYNTHETIC["shape"])
+
 
 class Case:
-  """Dense and search states and steps for one model and batch, built as the engine does."""
+  """Dense and search runs for one model and batch, built by `loop.build`."""
 
   def __init__(self, model_name: str, batch_size: int, num_classes: int,
                weight_decay: float, sparsity: float = 0.9, seed: int = 0,
-               total_steps: int = 10_000, steps_per_epoch: int = 390):
+               total_steps: int = 10_000):
     spec = models.spec(model_name)
-    config = base_config()
-    config.model.name = model_name
-    config.sparsity = sparsity
-    config.train = "scores"
-    config.mask.update_rule = "swap"
-    config.optimizer.weight_decay = weight_decay
-    self.name, self.batch_size, self.config = model_name, batch_size, config
-    self.model = model = models.get(model_name, num_classes=num_classes)
-    key = jax.random.PRNGKey(seed)
-    init_key, mask_key, state_key, data_key = jax.random.split(key, 4)
-    dummy = jnp.zeros((1, *spec.input_shape), jnp.float32)
-    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    self.params = params
-    tx = make_optimizer(config.optimizer, total_steps, steps_per_epoch)
+    _SYNTHETIC.update(shape=tuple(spec.input_shape), classes=num_classes,
+                      examples=2 * batch_size)
+    mesh = loop.make_mesh()
 
-    # The search (loop.build with train="scores", sparsity > 0, magnitude init).
-    where = loop.exclusion_predicate(config, spec)
-    self.space = space = jackpot.search_space(params, sparsity, config.allocation, where)
-    masks, scores = jackpot.initial_masks_and_scores(mask_key, params, space, "magnitude")
+    def config(train, sparsity, update_rule):
+      c = base_config()
+      c.seed = seed
+      c.model.name = model_name
+      c.data.name = "_bench_synthetic"
+      c.data.batch_size = batch_size
+      c.train, c.sparsity, c.mask.update_rule = train, sparsity, update_rule
+      c.optimizer.weight_decay = weight_decay
+      c.num_steps = total_steps
+      c.search_random_weights = True  # random weights: timings do not depend on them
+      return c
+
+    self.name, self.batch_size = model_name, batch_size
+    with jax.transfer_guard("allow"):
+      self.runs = {
+          "dense": loop.build(config("weights", 0.0, "fixed"), mesh),   # a pretrain config
+          "search": loop.build(config("scores", sparsity, "swap"), mesh),
+          "search_fixed": loop.build(config("scores", sparsity, "fixed"), mesh),
+      }
+      self.batch = next(self.runs["dense"].data.train_iter())
+    search = self.runs["search"]
+    self.space = space = search.space
+    self.params = params = search.pretrained["params"]
     self.prune_total = sum(jax.tree.leaves(space.prune_counts))
     self.searched_total = sum(int(np.size(w)) for w, s in zip(
         jax.tree.leaves(params), jax.tree.leaves(space.searched)) if s)
-
-    def search_state():
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        batch_stats=batch_stats, scores=scores, masks=masks,
-                        opt_state=tx.init({"scores": scores}), rng=state_key,
-                        bad_step=jnp.full((), -1, jnp.int32))
-
-    def search_step(mask_update):
-      program = Program(train_weights=False, train_scores=True, mask_update=mask_update)
-      return make_train_step(
-          model, tx, program, searched=space.searched, prune_counts=space.prune_counts,
-          rate_fn=loop.rate_fn_of(config, total_steps) if mask_update == "swap" else None,
-          max_swaps=config.mask.max_swaps or None)
-
-    # Dense training (loop.build with train="weights", sparsity 0).
-    dense_space = jackpot.SearchSpace(
-        searched=jax.tree.map(lambda _: False, params),
-        sparsities=jax.tree.map(lambda _: 0.0, params),
-        prune_counts=jax.tree.map(lambda _: 0, params))
-    ones = jax.tree.map(lambda w: jnp.ones(w.shape, bool), params)
-    dense_params = mask_algebra.apply(params, ones)
-    dense_scores = score_placeholders(params)
-    self.dense_state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=dense_params, batch_stats=batch_stats,
-        scores=dense_scores, masks=ones, opt_state=tx.init({"params": dense_params}),
-        rng=state_key, bad_step=jnp.full((), -1, jnp.int32))
-    self.dense_step = make_train_step(
-        model, tx, Program(train_weights=True), searched=dense_space.searched,
-        prune_counts=dense_space.prune_counts)
-
-    self.steps = {"dense": self.dense_step, "search": search_step("swap"),
-                  "search_fixed": search_step("fixed")}
-    # Separate buffers per state: each step donates its input state.
-    fresh = lambda st: jax.tree.map(jnp.copy, st)  # noqa: E731
-    self.states = {"dense": fresh(self.dense_state), "search": fresh(search_state()),
-                   "search_fixed": fresh(search_state())}
+    self.steps = {k: r.train_step for k, r in self.runs.items()}
+    self.states = {k: r.state for k, r in self.runs.items()}  # each step donates its own
     self.swaps_seen: list[int] = []
-
-    img_key, lbl_key = jax.random.split(data_key)
-    self.batch = {
-        "image": jax.random.normal(img_key, (batch_size, *spec.input_shape), jnp.float32),
-        "label": jax.random.randint(lbl_key, (batch_size,), 0, num_classes),
-    }
 
     # Parts of the search step, alone.
     treedef = jax.tree.structure(space.prune_counts)
