@@ -125,6 +125,15 @@ def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str
       "finetune90_e3": search_args(sub_zip, 0.9, epochs=3.0, extra=FINETUNE),
       "bnrecal90_e3": search_args(sub_zip, 0.9, epochs=3.0,
                                   extra=("--config.mask.update_rule=fixed",)),
+      # The restriction ablation and a second seed at the longer budget.
+      "decay90_e3": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5,
+                                extra=("--config.mask.rate_schedule=decay",)),
+      f"cap{CAP}_90_e3": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5,
+                                     extra=(f"--config.mask.max_swaps={CAP}",)),
+      "jackpot90_e3_s1": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5,
+                                     extra=("--config.seed=1",)),
+      "finetune90_e3_s1": search_args(sub_zip, 0.9, epochs=3.0,
+                                      extra=(*FINETUNE, "--config.seed=1")),
   }
 
 
@@ -266,14 +275,18 @@ def collect(root: str) -> str:
   lines.append("")
 
   # restriction ablation
-  abl = (("jackpot90", "rate 1 (constant)"), ("decay90", "rate decay (power 4)"),
-         (f"cap{CAP}_90", f"max_swaps={CAP} per layer"))
+  abl = [x for suf, tag in (("", ", 1 subset epoch"), ("_e3", ", 3 subset epochs"))
+         for x in ((f"jackpot90{suf}", f"rate 1 (constant){tag}"),
+                   (f"decay90{suf}", f"rate decay (power 4){tag}"),
+                   (f"cap{CAP}_90{suf}", f"max_swaps={CAP} per layer{tag}"))]
   lines += ["### Short restriction ablation (90%)", "",
             "| rule | final accuracy | final train loss (last interval) | "
             "mean swaps/step: first interval | peak interval | last interval | total swaps |",
             "|---|---|---|---|---|---|---|"]
   fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
   for name, label in abl:
+    # Plot the longer runs when they exist.
+    plot = name.endswith("_e3") or not any(n.endswith("_e3") and S.get(n) for n, _ in abl)
     s = S[name]
     if not s:
       continue
@@ -285,8 +298,9 @@ def collect(root: str) -> str:
                  f"{h[-1]['train/loss']:.4f} | {h[0]['swaps/total']:.1f} | "
                  f"{max(r['swaps/total'] for r in h):.1f} | "
                  f"{h[-1]['swaps/total']:.1f} | {total:.0f} |")
-    axs[0].plot(steps, [r["train/loss"] for r in h], label=label)
-    axs[1].plot(steps, [r["swaps/total"] for r in h], label=label)
+    if plot:
+      axs[0].plot(steps, [r["train/loss"] for r in h], label=label)
+      axs[1].plot(steps, [r["swaps/total"] for r in h], label=label)
   axs[0].set_xlabel("step"); axs[0].set_ylabel("train loss")
   axs[1].set_xlabel("step"); axs[1].set_ylabel("swaps per step (all layers)")
   axs[1].set_yscale("symlog")
@@ -302,12 +316,23 @@ def collect(root: str) -> str:
   lines += ["### Mask overlap (IoU of kept weights)", "",
             "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
   for name in ("jackpot90", "jackpot95", "random90", "decay90", f"cap{CAP}_90",
-               "jackpot90_e3", "random90_e3"):
+               "jackpot90_e3", "random90_e3", "decay90_e3", f"cap{CAP}_90_e3",
+               "jackpot90_e3_s1"):
     s = S[name]
     if s and "mask_analysis" in s:
       m = s["mask_analysis"]
       lines.append(f"| {name} | " + " | ".join(
           f"{m[k]:.4f}" if k in m else "-" for k in keys) + " |")
+  lines.append("")
+  lines += ["### Seeds (90%, data order and augmentation; the magnitude mask is the same)", "",
+            "| method | subset epochs | seed 0 | seed 1 |", "|---|---|---|---|"]
+  for label, names in (("jackpot", ("jackpot90", "jackpot90_s1", 1)),
+                       ("magnitude + fine-tune", ("finetune90", "finetune90_s1", 1)),
+                       ("jackpot", ("jackpot90_e3", "jackpot90_e3_s1", 3)),
+                       ("magnitude + fine-tune", ("finetune90_e3", "finetune90_e3_s1", 3))):
+    a, b, ep = names
+    fin = lambda r: pct(r["final_eval"]["accuracy"]) if r else "-"
+    lines.append(f"| {label} | {ep} | {fin(S.get(a))} | {fin(S.get(b))} |")
   lines.append("")
   lines += ["### Every run", "", "| run | initial eval | final eval | steps | wall (s) |",
             "|---|---|---|---|---|"]

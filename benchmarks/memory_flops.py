@@ -117,7 +117,7 @@ case = Case({model!r}, {batch}, {classes}, {wd})
 v = {variant!r}
 for other in list(case.states):
   if other != v:
-    del case.states[other]
+    del case.states[other], case.runs[other], case.steps[other]
 case.run(v)                                     # compile + first step
 rss0 = status('VmRSS:')
 open('/proc/self/clear_refs', 'w').write('5')   # reset VmHWM to the current RSS
