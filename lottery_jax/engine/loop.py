@@ -277,7 +277,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                      row["swaps/total"])
           acc, acc_n = None, 0
         if eval_every and step % eval_every == 0 and not last:
-          writer.write(step, {f"eval/{k}": v for k, v in r.evaluate(state).items()})
+          periodic = r.evaluate(state)
+          writer.write(step, {f"eval/{k}": v for k, v in periodic.items()})
+          log.info("step %d/%d  eval accuracy %.4f  loss %.4f", step, r.total_steps,
+                   periodic["accuracy"], periodic["loss"])
         if step % config.checkpoint_every_steps == 0 or last or preemption.requested:
           with jax.transfer_guard("allow"):
             _raise_if_bad(jax.device_get(state.bad_step), checkpointer)
