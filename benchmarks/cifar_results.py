@@ -221,7 +221,9 @@ def collect(root: str) -> str:
               f"ResNet-20, {p['epochs']:.2f} epochs ({p['steps']} steps of 128), "
               f"full 50k train / {p['final_eval']['examples']} test: test accuracy "
               f"**{pct(p['final_eval']['accuracy'])}%** (loss {p['final_eval']['loss']:.4f}), "
-              f"wall {p['wall_time_s'] / 60:.1f} min.", ""]
+              f"wall {p['wall_time_s'] / 60:.1f} min. Test accuracy during training "
+              "(step: %): " + ", ".join(f"{st}: {pct(a)}" for st, a in eval_curve(p)) + ".",
+              ""]
   dense = S["dense_eval"]["initial_eval"]["accuracy"] if S["dense_eval"] else None
   lines += ["### Jackpots vs magnitude pruning (5k test subset)", "",
             "| sparsity | subset epochs | dense | magnitude, no search | jackpot (search) | "
