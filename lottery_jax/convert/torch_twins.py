@@ -14,7 +14,11 @@ Needs PyTorch (`pip install 'lottery-jax[torch]'`):
 
 from __future__ import annotations
 
-import torch
+try:
+  import torch
+except ImportError as e:  # pragma: no cover - depends on the environment
+  raise ImportError("lottery_jax.convert.torch_twins needs PyTorch: "
+                    "pip install 'lottery-jax[torch]'") from e
 
 nn = torch.nn
 F = torch.nn.functional
