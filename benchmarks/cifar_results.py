@@ -134,6 +134,9 @@ def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str
                                      extra=("--config.seed=1",)),
       "finetune90_e3_s1": search_args(sub_zip, 0.9, epochs=3.0,
                                       extra=(*FINETUNE, "--config.seed=1")),
+      # Ten subset epochs (390 steps): does the search keep climbing past fine-tuning?
+      "jackpot90_e10": search_args(sub_zip, 0.9, epochs=10.0, eval_every=1.0),
+      "finetune90_e10": search_args(sub_zip, 0.9, epochs=10.0, extra=FINETUNE),
       "jackpot90_e3_s2": search_args(sub_zip, 0.9, epochs=3.0, eval_every=0.5,
                                      extra=("--config.seed=2",)),
       "finetune90_e3_s2": search_args(sub_zip, 0.9, epochs=3.0,
@@ -234,13 +237,13 @@ def collect(root: str) -> str:
             "magnitude + BN re-estimation only | magnitude + fine-tune | search steps | "
             "jackpot wall (s) | fine-tune wall (s) |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-  for sp, suf in ((90, ""), (95, ""), (90, "_e3")):
+  for sp, suf in ((90, ""), (95, ""), (90, "_e3"), (90, "_e10")):
     j, ft = S.get(f"jackpot{sp}{suf}"), S.get(f"finetune{sp}{suf}")
     bn = S.get(f"bnrecal{sp}{suf}")
     mag = (j or ft or {}).get("initial_eval", {}).get("accuracy")
     fin = lambda r: pct(r["final_eval"]["accuracy"]) if r else "-"
     wall = lambda r: f"{r['wall_time_s']:.0f}" if r else "-"
-    lines.append(f"| {sp}% | {3 if suf else 1} | {pct(dense)} | {pct(mag)} | {fin(j)} | {fin(bn)} | {fin(ft)} | "
+    lines.append(f"| {sp}% | {int(suf[2:]) if suf else 1} | {pct(dense)} | {pct(mag)} | {fin(j)} | {fin(bn)} | {fin(ft)} | "
                  f"{j['steps'] if j else '-'} | {wall(j)} | {wall(ft)} |")
   lines.append("")
 
