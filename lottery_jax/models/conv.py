@@ -151,7 +151,7 @@ def _conv_taps(x, w, strides, padding):
   return _xla_conv(x, w, strides, padding)
 
 
-def _conv_taps_fwd(x, w, strides, padding):
+def _conv_save_inputs_fwd(x, w, strides, padding):
   return _xla_conv(x, w, strides, padding), (x, w)
 
 
@@ -170,7 +170,7 @@ def _conv_taps_bwd(strides, padding, res, g):
   return dx, dw
 
 
-_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+_conv_taps.defvjp(_conv_save_inputs_fwd, _conv_taps_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -187,7 +187,7 @@ def _conv_barrier_bwd(strides, padding, res, g):
   return vjp(g)
 
 
-_conv_barrier.defvjp(_conv_taps_fwd, _conv_barrier_bwd)
+_conv_barrier.defvjp(_conv_save_inputs_fwd, _conv_barrier_bwd)
 
 
 def conv2d_patches(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
