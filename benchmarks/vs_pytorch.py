@@ -1,6 +1,6 @@
 """The wide ResNet-32 of the jackpot reference, PyTorch (CPU) against lottery_jax.
 
-Run:  python benchmarks/vs_pytorch.py [--repeats 5] [--batch 128] [--impls xla,taps]
+Run:  python benchmarks/vs_pytorch.py [--repeats 5] [--batch 128] [--impls xla,auto]
 
 Builds the same network twice, the reference's `models/resnet_cifar.py` in plain
 `torch.nn` (state-dict names as the jackpot repo, as the twin in
@@ -27,6 +27,7 @@ The target of issue 6: search step <= 1.18 x PyTorch's dense step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -86,7 +87,7 @@ def build_jax(model, variables, impl: str, sparsity: float, batch):
 
   # `use_impl` acts at trace time, and jit traces lazily: compile ahead of time inside
   # the block, or every impl would silently run the default lowering.
-  with conv.use_impl(impl):
+  with conv.use_impl(impl) if impl != "auto" else contextlib.nullcontext():
     dense_step = make_train_step(model, tx, dense_program, searched=dense_space.searched,
                                  prune_counts=dense_space.prune_counts)
     dense_step = dense_step.lower(dense_state, batch).compile()
@@ -95,8 +96,10 @@ def build_jax(model, variables, impl: str, sparsity: float, batch):
     search_step = search_step.lower(search_state, batch).compile()
     forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
     forward = forward.lower(variables, batch["image"]).compile()
-  convs = dense_step.as_text().count(" convolution(")
-  print(f"  conv impl {impl!r}: {convs} convolution ops in the compiled dense step", flush=True)
+  text = dense_step.as_text()
+  print(f"  conv impl {impl!r}: {text.count(' convolution(')} XLA convolution ops and "
+        f"{text.count('lottery_jax_torch_conv2d_')} PyTorch convolution calls in the compiled "
+        "dense step", flush=True)
   return {"train": (dense_step, dense_state), "search": (search_step, search_state),
           "fwd": forward}, impl
 
@@ -107,8 +110,10 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--warmup", type=int, default=1)
   ap.add_argument("--threads", type=int, default=os.cpu_count())
-  ap.add_argument("--impls", default="xla,taps",
-                  help=f"comma-separated conv lowerings among {conv.IMPLS}")
+  ap.add_argument("--impls", default="xla,auto",
+                  help=f"comma-separated conv lowerings among {conv.IMPLS} or 'auto' (the "
+                  "default of the library: PyTorch's convolution for large convs where "
+                  "PyTorch is installed, see lottery_jax/models/conv.py)")
   ap.add_argument("--sparsity", type=float, default=0.9)
   args = ap.parse_args(argv)
 

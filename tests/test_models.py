@@ -181,6 +181,62 @@ def test_batchnorm_against_torch():
                              atol=1e-6)
 
 
+def test_batchnorm_gradients_match_autodiff_and_torch():
+  # The hand-written backward of `batch_norm_train` against autodiff of the plain
+  # formula (float64, with cotangents on every output, including the statistics) ...
+  from lottery_jax.models.layers import batch_norm_train
+
+  def plain(x, scale, bias, eps):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(jnp.square(x - mean), axes)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias, mean, var
+
+  with jax.enable_x64(True):
+    k = jax.random.split(jax.random.key(0), 6)
+    x = jax.random.normal(k[0], (4, 5, 3, 7), jnp.float64) * 3 + 1
+    scale = jax.random.normal(k[1], (7,), jnp.float64)
+    bias = jax.random.normal(k[2], (7,), jnp.float64)
+    cts = (jax.random.normal(k[3], x.shape, jnp.float64),
+           jax.random.normal(k[4], (7,), jnp.float64), jax.random.normal(k[5], (7,), jnp.float64))
+    out, vjp = jax.vjp(lambda *a: batch_norm_train(*a, 1e-5), x, scale, bias)
+    out_ref, vjp_ref = jax.vjp(lambda *a: plain(*a, 1e-5), x, scale, bias)
+    for a, b in zip(out, out_ref):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(vjp(cts), vjp_ref(cts)):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    # Only y differentiated (the statistics' cotangents are symbolic zeros), under jit.
+    f = lambda fn: jax.jit(jax.grad(  # noqa: E731
+        lambda x, s: jnp.sum(jnp.sin(fn(x, s, bias, 1e-5)[0])), argnums=(0, 1)))
+    for a, b in zip(f(batch_norm_train)(x, scale), f(plain)(x, scale)):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+  # ... and against PyTorch's BatchNorm2d backward, through the Flax module.
+  torch = pytest.importorskip("torch", reason="torch is the optional extra")
+  rng = np.random.default_rng(2)
+  xn = rng.normal(1.0, 2.0, (4, 6, 6, 8)).astype(np.float32)
+  gn = rng.normal(size=xn.shape).astype(np.float32)
+  ref = torch.nn.BatchNorm2d(8)
+  with torch.no_grad():
+    ref.weight.copy_(torch.from_numpy(rng.normal(size=8).astype(np.float32)))
+  xt = torch.from_numpy(xn).permute(0, 3, 1, 2).requires_grad_()
+  ref.train()
+  ref(xt).backward(torch.from_numpy(gn).permute(0, 3, 1, 2))
+  variables = {"params": {"scale": ref.weight.detach().numpy().copy(),
+                          "bias": ref.bias.detach().numpy().copy()},
+               "batch_stats": {"mean": np.zeros(8, np.float32), "var": np.ones(8, np.float32)}}
+
+  def loss(params, x):
+    y, _ = BatchNorm().apply({**variables, "params": params}, x, use_running_average=False,
+                             mutable=["batch_stats"])
+    return jnp.sum(y * gn)
+
+  dparams, dx = jax.grad(loss, argnums=(0, 1))(variables["params"], jnp.asarray(xn))
+  np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dparams["scale"], ref.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dparams["bias"], ref.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_batch_stats_under_sharded_jit_are_global():
   """A batch sharded over 8 devices gives the same statistics as on one device."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

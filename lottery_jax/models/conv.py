@@ -6,6 +6,8 @@ Every model conv goes through `conv_general_dilated` (plugged into
 
 * "xla": `lax.conv_general_dilated` (on this jaxlib the CPU convs run in
   YNNPACK fusions).
+* "torch": PyTorch's convolution (oneDNN on x86), forward and both gradients, as
+  XLA:CPU custom calls that read and write XLA's buffers in place (`conv2d_torch`).
 * "patches": im2col + one matmul, with a custom VJP whose backward is matmuls
   (`dW = patches^T @ dy`, input grad `dy @ W^T` then col2im by padded adds).
 * "taps": XLA's forward and input gradient; the stride-1 weight gradient as
@@ -14,31 +16,50 @@ Every model conv goes through `conv_general_dilated` (plugged into
 * "barrier": XLA's forward and both gradient convs, with only the residual input
   read through an optimisation barrier (stops the recomputation described below).
 
-Profile of the wide ResNet-32 training step (batch 128, 2 shared cores, under
-load; BENCHMARKS.md "Against PyTorch (CPU)"): convolutions (YNNPACK) ~47%, of
-which weight-gradient convs ~20% and forward ~18%; `transpose_copy` fusions ~39%:
-the NHWC -> batch-minor transposes feeding the weight-gradient convs, into which
-XLA fuses (recomputes) the whole BN/ReLU/residual chain of earlier blocks.
-Measured on a quiet machine (`benchmarks/vs_pytorch.py --impls xla,barrier,taps`,
-one process, interleaved, medians of 5): search step xla 2,657 ms, barrier
-2,564 ms, taps 2,825 ms; dense step 2,988 / 2,843 / 6,664 ms. "patches" is 2-4x
-slower than "xla" per conv (XLA:CPU builds the im2col slowly). "barrier"'s 3-5%
-is inside the run-to-run spread, so `DEFAULT_IMPL` stays "xla": "auto" picks
-XLA's convolution everywhere until a lowering measures clearly faster.
+"auto" (the default of every model) means: on the CPU backend, in a one-device
+process where PyTorch is installed, "torch" for grouped convolutions and for
+those with at least `TORCH_MIN_ROWS` output rows (N * Ho * Wo), "xla" for smaller
+ones; "xla" on
+every other backend and whenever PyTorch is missing or several devices share the
+computation (the custom call would run on gathered operands). The environment
+variable LOTTERY_JAX_CONV_IMPL=<impl> (or `use_impl`) overrides it.
+
+Why: XLA:CPU's convolutions, above all their backward pass, are 2-4x slower than
+oneDNN's (profile of the wide ResNet-32 training step: convolutions ~47%, weight-
+gradient convs ~20%; `transpose_copy` fusions ~39%, the NHWC -> batch-minor
+transposes feeding the weight-gradient convs, into which XLA fuses (recomputes)
+the BN/ReLU/residual chain). Measured (BENCHMARKS.md, `benchmarks/conv_lowering.py`,
+`benchmarks/vs_pytorch.py`): a training-mode gradient with "torch" against "xla"
+takes 0.42x for the wide ResNet-32 (batch 128), 0.60x for ResNet-20, 0.26x for
+MobileNetV2, 0.96x for ResNet-50 at 128 px, batch 8, and 1.2-1.6x for the tiny
+digits CNN and for convs with few output rows, which is what `TORCH_MIN_ROWS`
+keeps on XLA. "patches" is 2-4x slower than "xla" per conv (XLA:CPU builds the
+im2col slowly); "taps" and "barrier" are within a few percent of "xla".
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import json
+import logging
+import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-# Which lowering "auto" picks on the CPU backend; other backends always use XLA's.
-DEFAULT_IMPL = "xla"
+# What "auto" prefers on the CPU backend (other backends always use XLA's), and the
+# smallest dense conv (output rows N * Ho * Wo) it hands to PyTorch: below this the
+# custom call's fixed cost (~0.1-0.3 ms) and XLA's small-conv code are as fast or
+# faster (`benchmarks/conv_lowering.py`). Grouped (depthwise) convs always go to
+# PyTorch: XLA:CPU's are several times slower at every size measured.
+DEFAULT_IMPL = "torch"
+TORCH_MIN_ROWS = 8192
+ENV_VAR = "LOTTERY_JAX_CONV_IMPL"
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -190,6 +211,151 @@ def _conv_barrier_bwd(strides, padding, res, g):
 _conv_barrier.defvjp(_conv_save_inputs_fwd, _conv_barrier_bwd)
 
 
+# --- "torch": PyTorch's CPU convolution (oneDNN) behind a host callback -------------
+
+_TORCH_DTYPES = ("float32", "float64")
+
+
+@functools.lru_cache(maxsize=None)
+def torch_available() -> bool:
+  """Whether PyTorch can be imported (the "torch" lowering's one requirement)."""
+  try:
+    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+# The host side runs as a legacy XLA:CPU custom call whose C entry point is a ctypes
+# callback into Python: XLA hands over raw pointers to its buffers, so PyTorch reads the
+# operands and writes the results in place (NumPy/torch views, no copies). This is the
+# cheap way in: `jax.pure_callback` first copies every operand into a new jax.Array
+# (~8 ms per 16 MB activation here, ~0.4 s of a wide ResNet-32 step) and copies the
+# results again. The static arguments travel in the custom call's opaque string.
+_TARGETS = {"fwd": "lottery_jax_torch_conv2d_fwd", "bwd": "lottery_jax_torch_conv2d_bwd"}
+_CUSTOM_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+                                ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p)
+_callbacks: dict[str, object] = {}   # keeps the ctypes thunks alive for the process
+_host_errors: list[BaseException] = []
+
+
+def _buffer(ptr: int, shape, dtype: np.dtype) -> np.ndarray:
+  n = int(np.prod(shape))
+  raw = (ctypes.c_byte * (n * dtype.itemsize)).from_address(ptr)
+  return np.frombuffer(raw, dtype=dtype, count=n).reshape(shape)
+
+
+def _nchw(t):
+  return t.permute(0, 3, 1, 2)   # NHWC buffer -> NCHW tensor with channels-last strides
+
+
+def _torch_conv_host(kind: str, out, ins, opaque, opaque_len, _status) -> None:
+  cfg = json.loads(ctypes.string_at(opaque, opaque_len))
+  dtype = np.dtype(cfg["dtype"])
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    x = _nchw(torch.from_numpy(_buffer(ins[0], cfg["x"], dtype)))
+    # HWIO kernel -> OIHW, stored channels-last (a small copy, oneDNN's layout).
+    w = torch.from_numpy(_buffer(ins[1], cfg["w"], dtype)).permute(3, 2, 0, 1).contiguous(
+        memory_format=torch.channels_last)
+    args = (cfg["strides"], cfg["padding"], cfg["dilation"], False, [0, 0], cfg["groups"])
+    with torch.no_grad():
+      if kind == "fwd":
+        y = _nchw(torch.from_numpy(_buffer(out, cfg["y"], dtype)))
+        y.copy_(torch.ops.aten.convolution(x, w, None, *args))
+      else:
+        outs = ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))
+        g = _nchw(torch.from_numpy(_buffer(ins[2], cfg["y"], dtype)))
+        dx, dw, _ = torch.ops.aten.convolution_backward(g, x, w, None, *args,
+                                                        [True, True, False])
+        _nchw(torch.from_numpy(_buffer(outs[0], cfg["x"], dtype))).copy_(dx)
+        torch.from_numpy(_buffer(outs[1], cfg["w"], dtype)).copy_(dw.permute(2, 3, 1, 0))
+  except BaseException as e:  # pylint: disable=broad-except
+    # A C callback cannot raise into XLA: record, log, and poison the results with NaN,
+    # which the training loop's finiteness check stops on.
+    _host_errors.append(e)
+    logging.exception("PyTorch convolution (conv impl 'torch') failed; its outputs are NaN")
+    if kind == "fwd":
+      _buffer(out, cfg["y"], dtype)[...] = np.nan
+    else:
+      outs = ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))
+      _buffer(outs[0], cfg["x"], dtype)[...] = np.nan
+      _buffer(outs[1], cfg["w"], dtype)[...] = np.nan
+
+
+def _register_targets() -> None:
+  if _callbacks:
+    return
+  for kind, name in _TARGETS.items():
+    thunk = _CUSTOM_CALL(functools.partial(_torch_conv_host, kind))
+    _callbacks[kind] = thunk
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(ctypes.cast(thunk, ctypes.c_void_p).value),
+                                platform="cpu", api_version=0)
+
+
+def _torch_call(kind, out_shapes, dtype, *args, **cfg):
+  _register_targets()
+  opaque = json.dumps({"dtype": np.dtype(dtype).name, **cfg})
+  results = [jax.ShapeDtypeStruct(s, dtype) for s in out_shapes]
+  return jax.ffi.ffi_call(_TARGETS[kind], results if kind == "bwd" else results[0],
+                          custom_call_api_version=3, legacy_backend_config=opaque,
+                          vmap_method="sequential")(*args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_torch(x, w, strides, padding, dilation, groups):
+  return _conv_torch_fwd(x, w, strides, padding, dilation, groups)[0]
+
+
+def _torch_cfg(x, w, strides, padding, dilation, groups):
+  kh, kw, _, o = w.shape
+  n, h, wd, _ = x.shape
+  ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
+  wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+  return dict(x=list(x.shape), w=list(w.shape), y=[n, ho, wo, o], strides=list(strides),
+              padding=list(padding), dilation=list(dilation), groups=groups)
+
+
+def _conv_torch_fwd(x, w, strides, padding, dilation, groups):
+  # `padding` is symmetric here, one int per spatial dim (see `conv2d_torch`).
+  cfg = _torch_cfg(x, w, strides, padding, dilation, groups)
+  y = _torch_call("fwd", [tuple(cfg["y"])], x.dtype, x, w, **cfg)
+  return y, (x, w)
+
+
+def _conv_torch_bwd(strides, padding, dilation, groups, res, g):
+  x, w = res
+  cfg = _torch_cfg(x, w, strides, padding, dilation, groups)
+  dx, dw = _torch_call("bwd", [x.shape, w.shape], x.dtype, x, w, g.astype(x.dtype), **cfg)
+  return dx, dw
+
+
+_conv_torch.defvjp(_conv_torch_fwd, _conv_torch_bwd)
+
+
+def conv2d_torch(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
+                 padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0)),
+                 dilation: Sequence[int] = (1, 1), groups: int = 1) -> jax.Array:
+  """NHWC x HWIO -> NHWC convolution computed by PyTorch (oneDNN on x86), forward and
+  both gradients, as XLA:CPU custom calls with a custom VJP.
+
+  CPU backend only (the custom calls are registered for "cpu"; XLA reads and writes
+  its own buffers in place). Under automatic SPMD partitioning over several devices
+  XLA runs the call on whole (gathered) operands, so "auto" picks it for one-device
+  processes only. Asymmetric padding is applied in JAX first (PyTorch pads
+  symmetrically). Not differentiable twice; vmap runs one call per element.
+  Arguments as `conv2d_patches`, plus `dilation` (kernel dilation) and `groups`
+  (feature groups: the kernel is (kh, kw, C / groups, O)).
+  """
+  strides, pads = _normalise(x, w, strides, padding, dilation)
+  if any(lo != hi for lo, hi in pads):
+    x = lax.pad(x, jnp.zeros((), x.dtype),
+                ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)))
+    pads = ((0, 0), (0, 0))
+  return _conv_torch(x, w, strides, tuple(lo for lo, _ in pads),
+                     tuple(int(d) for d in dilation), int(groups))
+
+
 def conv2d_patches(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
                    padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0))) -> jax.Array:
   """NHWC x HWIO -> NHWC convolution as im2col + matmul, with a matmul VJP.
@@ -221,10 +387,11 @@ def conv2d_barrier(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
   return _conv_barrier(x, w, *_normalise(x, w, strides, padding))
 
 
-def _normalise(x, w, strides, padding):
+def _normalise(x, w, strides, padding, dilation=(1, 1)):
   strides = tuple(int(s) for s in strides)
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
+    window = tuple((k - 1) * d + 1 for k, d in zip(w.shape[:2], dilation))
+    padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   if any(v < 0 for pair in padding for v in pair):
     raise ValueError(f"negative padding is not supported here, got {padding}")
@@ -244,7 +411,33 @@ def _patches_applicable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
   return given == nhwc and jnp.issubdtype(lhs.dtype, jnp.floating)
 
 
-IMPLS = ("xla", "patches", "taps", "barrier")
+def _torch_applicable(lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count) -> bool:
+  if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1 or dimension_numbers is None:
+    return False
+  if any(d != 1 for d in (lhs_dilation or ())):
+    return False
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return (given == nhwc and str(lhs.dtype) in _TORCH_DTYPES and lhs.dtype == rhs.dtype)
+
+
+def _output_rows(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers) -> int | None:
+  """N * Ho * Wo of an NHWC/HWIO conv (None for other layouts)."""
+  if lhs.ndim != 4 or rhs.ndim != 4 or dimension_numbers is None:
+    return None
+  if (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+    return None
+  dil = tuple(rhs_dilation or (1, 1))
+  window = tuple((k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dil))
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
+  ho, wo = (_out_size(size, k, s, lo, hi) for size, k, s, (lo, hi)
+            in zip(lhs.shape[1:3], window, strides, padding))
+  return lhs.shape[0] * ho * wo
+
+
+IMPLS = ("xla", "patches", "taps", "barrier", "torch")
 _override: list[str] = []
 
 
@@ -254,6 +447,7 @@ def use_impl(impl: str):
   tests; jitted functions keep the lowering they were traced with)."""
   if impl not in IMPLS:
     raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
+  _require(impl)
   _override.append(impl)
   try:
     yield
@@ -261,16 +455,42 @@ def use_impl(impl: str):
     _override.pop()
 
 
-def resolve_impl(impl: str = "auto") -> str:
-  """The lowering `impl` stands for at trace time ("auto": `use_impl`'s, else
-  `DEFAULT_IMPL` on the CPU backend and "xla" elsewhere)."""
+def resolve_impl(impl: str = "auto", rows: int | None = None, groups: int = 1) -> str:
+  """The lowering `impl` stands for at trace time.
+
+  "auto": `use_impl`'s, else $LOTTERY_JAX_CONV_IMPL's, else on the CPU backend
+  `DEFAULT_IMPL` ("torch" only where PyTorch imports and the process has one device,
+  and, when `rows` is given, for convs with >= TORCH_MIN_ROWS output rows or
+  `groups` > 1), "xla" elsewhere.
+  """
   if impl == "auto":
     if _override:
       return _override[-1]
-    return DEFAULT_IMPL if jax.default_backend() == "cpu" else "xla"
+    env = os.environ.get(ENV_VAR, "auto").strip() or "auto"
+    if env != "auto":
+      if env not in IMPLS:
+        raise ValueError(f"${ENV_VAR} must be 'auto' or one of {IMPLS}, got {env!r}")
+      _require(env)
+      return env
+    if jax.default_backend() != "cpu":
+      return "xla"
+    if DEFAULT_IMPL == "torch" and (not torch_available() or jax.device_count() > 1
+                                    or (rows is not None and rows < TORCH_MIN_ROWS
+                                        and groups == 1)):
+      return "xla"
+    return DEFAULT_IMPL
   if impl not in IMPLS:
     raise ValueError(f"conv impl must be 'auto' or one of {IMPLS}, got {impl!r}")
+  _require(impl)
   return impl
+
+
+def _require(impl: str) -> None:
+  if impl == "torch" and not torch_available():
+    raise ImportError("conv impl 'torch' runs PyTorch's CPU convolution and needs PyTorch: "
+                      "pip install torch --index-url https://download.pytorch.org/whl/cpu "
+                      "(or pick another impl: " + ", ".join(i for i in IMPLS if i != "torch")
+                      + ")")
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -280,14 +500,23 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """`lax.conv_general_dilated` with a selectable CPU lowering.
 
   Same arguments and result as `lax.conv_general_dilated`. `impl`: "auto" (see
-  `resolve_impl`), "xla", "patches" (im2col + matmul, matmul VJP) or "taps" (XLA's
-  forward and input gradient, weight gradient as per-tap GEMMs, residual read
-  through an optimisation barrier). Cases the alternatives do not implement
-  (not 2-D NHWC/HWIO, dilation, feature groups, `preferred_element_type`) always
-  use XLA's convolution.
+  `resolve_impl`), "xla", "torch" (PyTorch's convolution as XLA:CPU custom calls),
+  "patches" (im2col + matmul, matmul VJP), "taps" (XLA's forward and input
+  gradient, weight gradient as per-tap GEMMs, residual read through an
+  optimisation barrier) or "barrier". Cases a lowering does not implement use
+  XLA's convolution: for "torch", anything but 2-D NHWC/HWIO float32/float64
+  without input dilation or batch groups; for the others also kernel dilation and
+  feature groups; `preferred_element_type` for all.
   """
-  impl = resolve_impl(impl)
-  if impl != "xla" and preferred_element_type is None and _patches_applicable(
+  impl = resolve_impl(impl, rows=_output_rows(lhs, rhs, window_strides, padding,
+                                               rhs_dilation, dimension_numbers),
+                      groups=feature_group_count)
+  if impl == "torch":
+    if preferred_element_type is None and _torch_applicable(
+        lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count):
+      return conv2d_torch(lhs, rhs, window_strides, padding,
+                          tuple(rhs_dilation or (1, 1)), feature_group_count)
+  elif impl != "xla" and preferred_element_type is None and _patches_applicable(
       lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
       batch_group_count):
     strides, pads = _normalise(lhs, rhs, window_strides, padding)

@@ -9,12 +9,14 @@ weights one to one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from lottery_jax.models import conv as conv_lowering
 
@@ -47,7 +49,8 @@ class BatchNorm(nn.Module):
   * Normalisation: `y = (x - mean) / sqrt(var + eps) * scale + bias` with
     `eps = 1e-5`. In training mode `mean`/`var` are the batch statistics over all
     axes but the last (batch and spatial), and `var` is the *biased* variance
-    (divide by n), computed in two passes (`mean((x - mean)**2)`).
+    (divide by n), computed in two passes (`mean((x - mean)**2)`). The backward
+    pass is written out (`batch_norm_train`), not left to autodiff.
   * Running averages, training mode only (never during `init`):
     `running = (1 - momentum) * running + momentum * batch_stat` with PyTorch's
     `momentum = 0.1`. The running variance is fed the *unbiased* batch variance
@@ -112,24 +115,90 @@ class BatchNorm(nn.Module):
                                 lambda: jnp.ones((features,), jnp.float32))
 
     x32 = x.astype(jnp.float32)
-    if use_running_average:
-      mean, var = running_mean.value, running_var.value
-    else:
-      mean = jnp.mean(x32, axis=reduction_axes)
-      var = jnp.mean(jnp.square(x32 - mean), axis=reduction_axes)
-      if not self.is_initializing():
-        n = math.prod(x.shape[:-1])
-        unbiased = var * (n / max(n - 1, 1))
-        m = self.momentum
-        running_mean.value = (1.0 - m) * running_mean.value + m * mean
-        running_var.value = (1.0 - m) * running_var.value + m * unbiased
-
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
     if self.affine:
       scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
       bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-      y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+      scale32, bias32 = scale.astype(jnp.float32), bias.astype(jnp.float32)
+    else:
+      scale32 = bias32 = None
+    if use_running_average:
+      mean, var = running_mean.value, running_var.value
+      y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+      if self.affine:
+        y = y * scale32 + bias32
+      return y.astype(self.dtype or x.dtype)
+
+    ones, zeros = jnp.ones((features,), jnp.float32), jnp.zeros((features,), jnp.float32)
+    y, mean, var = batch_norm_train(x32, ones if scale32 is None else scale32,
+                                    zeros if bias32 is None else bias32, self.epsilon)
+    if not self.is_initializing():
+      n = math.prod(x.shape[:-1])
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      running_mean.value = (1.0 - m) * running_mean.value + m * mean
+      running_var.value = (1.0 - m) * running_var.value + m * unbiased
     return y.astype(self.dtype or x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float):
+  """Training-mode batch normalisation over all axes but the last, with a hand-written
+  backward pass.
+
+  Returns `(y, mean, var)`: `y = (x - mean) / sqrt(var + eps) * scale + bias` with the
+  batch mean and the biased two-pass variance `mean((x - mean)**2)`.
+
+  Why a custom VJP: differentiated automatically, the normalisation leaves XLA five
+  or six activation-sized elementwise passes per layer in the backward step (measured
+  on XLA:CPU, wide ResNet-32: ~0.4 s of non-convolution work per step against
+  PyTorch's ~0.27 s). The textbook backward needs two: one fused reduction
+  (`sum(g)`, `sum(g * xhat)`) and one elementwise pass,
+  `dx = rstd * (g*scale - mean(g*scale) - xhat * mean(g*scale*xhat))`
+  (plus the terms of any cotangents on `mean`/`var`). `xhat` is recomputed from the
+  saved `x`, `mean` and `rstd`; nothing activation-sized is saved beyond `x`.
+  """
+  return _bn_train_forward(x, scale, bias, eps)[0]
+
+
+def _bn_train_fwd_symbolic(x, scale, bias, eps):
+  # `symbolic_zeros=True`: the primals arrive wrapped (value, perturbed).
+  return _bn_train_forward(x.value, scale.value, bias.value, eps)
+
+
+def _bn_train_forward(x, scale, bias, eps):
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  rstd = jax.lax.rsqrt(var + eps)
+  y = (x - mean) * rstd * scale + bias
+  return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _bn_train_bwd(eps, res, cotangents):
+  del eps
+  x, mean, rstd, scale = res
+  gy, gmean, gvar = cotangents
+  if isinstance(gy, SymbolicZero):
+    gy = jnp.zeros(x.shape, x.dtype)
+  axes = tuple(range(x.ndim - 1))
+  n = math.prod(x.shape[:-1])
+  xhat = (x - mean) * rstd
+  dbias = jnp.sum(gy, axis=axes)
+  dscale = jnp.sum(gy * xhat, axis=axes)
+  # d/dx of y through xhat, with mean(g*scale) = scale*dbias/n and
+  # mean(g*scale*xhat) = scale*dscale/n; then the direct paths of mean and var
+  # (d mean/dx = 1/n, d var/dx = 2 (x - mean)/n).
+  dx = (scale * rstd) * (gy - (dbias + xhat * dscale) / n)
+  # The statistics usually only feed the running averages, so their cotangents are
+  # symbolic zeros: skipping them saves two activation-sized passes per layer.
+  if not isinstance(gmean, SymbolicZero):
+    dx = dx + gmean / n
+  if not isinstance(gvar, SymbolicZero):
+    dx = dx + (2.0 / n) * gvar * (x - mean)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_bn_train_fwd_symbolic, _bn_train_bwd, symbolic_zeros=True)
 
 
 def pad2d(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
