@@ -13,7 +13,11 @@ Run:  python benchmarks/memory_flops.py [--batch 32] [--flops-batch 256] [--no-r
     swap rule alone; then a *projection* of a 30-epoch ImageNet search on a TPU v4-32
     and on 8 H100s at a stated model-FLOPs utilisation (see PROJECTION below).
 
-Both steps are built as the engine builds them (benchmarks/search_step.py: `Case`).
+Both steps are built as the engine builds them (benchmarks/search_step.py: `Case`), with
+XLA's own convolutions (LOTTERY_JAX_CONV_IMPL=xla unless set otherwise): the analyses
+describe what XLA allocates and computes, as it does on an accelerator; the PyTorch
+convolutions that "auto" picks on a CPU are custom calls whose FLOPs and buffers XLA
+does not see.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+os.environ.setdefault("LOTTERY_JAX_CONV_IMPL", "xla")   # before any step is traced
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from search_step import Case  # noqa: E402

@@ -24,7 +24,9 @@ and, on the same model's search state, two parts timed alone:
 search - search_fixed is the swap rule's share inside the step; search_fixed -
 dense is what the STE and the score optimiser add (or save: the search step has
 no weight update). With `--hlo` it also prints XLA's cost analysis of the
-compiled steps (flops, bytes accessed) and the largest extra ops.
+compiled steps (flops, bytes accessed) and the largest extra ops (with
+LOTTERY_JAX_CONV_IMPL=xla: PyTorch's convolutions, the CPU default, are custom calls
+that the cost analysis does not count).
 """
 
 from __future__ import annotations
@@ -241,8 +243,13 @@ def main(argv=None):
   p.add_argument("--variants", default="dense,search,search_fixed",
                  help="comma-separated subset of dense,search,search_fixed")
   args = p.parse_args(argv)
+  from lottery_jax.models import conv  # pylint: disable=import-outside-toplevel
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} CPUs visible")
+        f"{os.cpu_count()} CPUs visible, conv lowering {conv.resolve_impl()!r} "
+        f"(small convs: {conv.resolve_impl(rows=1)!r})")
+  if args.hlo and conv.resolve_impl() == "torch":
+    print("  note: --hlo's cost analysis does not see PyTorch's convolutions (custom calls); "
+          "run with LOTTERY_JAX_CONV_IMPL=xla for XLA's full count")
   for name in (CASES if args.case == "all" else [args.case]):
     model, batch, classes, wd = CASES[name]
     case = Case(model, batch, classes, wd)

@@ -19,22 +19,23 @@ Every model conv goes through `conv_general_dilated` (plugged into
 "auto" (the default of every model) means: on the CPU backend, in a one-device
 process where PyTorch is installed, "torch" for grouped convolutions and for
 those with at least `TORCH_MIN_ROWS` output rows (N * Ho * Wo), "xla" for smaller
-ones; "xla" on
-every other backend and whenever PyTorch is missing or several devices share the
-computation (the custom call would run on gathered operands). The environment
+ones; "xla" on every other backend and whenever PyTorch is missing or several
+devices share the computation (the custom call would run on gathered operands). The environment
 variable LOTTERY_JAX_CONV_IMPL=<impl> (or `use_impl`) overrides it.
 
 Why: XLA:CPU's convolutions, above all their backward pass, are 2-4x slower than
 oneDNN's (profile of the wide ResNet-32 training step: convolutions ~47%, weight-
 gradient convs ~20%; `transpose_copy` fusions ~39%, the NHWC -> batch-minor
 transposes feeding the weight-gradient convs, into which XLA fuses (recomputes)
-the BN/ReLU/residual chain). Measured (BENCHMARKS.md, `benchmarks/conv_lowering.py`,
-`benchmarks/vs_pytorch.py`): a training-mode gradient with "torch" against "xla"
-takes 0.42x for the wide ResNet-32 (batch 128), 0.60x for ResNet-20, 0.26x for
-MobileNetV2, 0.96x for ResNet-50 at 128 px, batch 8, and 1.2-1.6x for the tiny
-digits CNN and for convs with few output rows, which is what `TORCH_MIN_ROWS`
-keeps on XLA. "patches" is 2-4x slower than "xla" per conv (XLA:CPU builds the
-im2col slowly); "taps" and "barrier" are within a few percent of "xla".
+the BN/ReLU/residual chain). Measured (BENCHMARKS.md "Against PyTorch (CPU)",
+`benchmarks/conv_lowering.py`): a training-mode gradient with "torch" takes 0.44x
+the time of "xla" for the wide ResNet-32 (batch 128), 0.67x for ResNet-20, 0.25x for
+MobileNetV2, but 1.04x for ResNet-50 at 128 px, batch 8, and 1.4-2.7x (three runs)
+for the tiny digits CNN: small convs, above all few output rows with deep channels,
+are faster in XLA, which is what `TORCH_MIN_ROWS` keeps there. "auto" measured at
+or under the better of the two for every model. "patches" is 2-4x slower than
+"xla" per conv (XLA:CPU builds the im2col slowly); "taps" and "barrier" are within
+a few percent of "xla".
 """
 
 from __future__ import annotations
