@@ -86,6 +86,71 @@ def test_resnet20_pretrain_from_an_image_folder_zip(tmp_path):
   assert summary["final_eval"]["examples"] == 16
 
 
+_ONE_DEVICE_RUN = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import jax
+from lottery_jax.engine import loop
+from lottery_jax.models import conv
+from test_configs import load_config, shrink
+assert jax.device_count() == 1
+pre = shrink(load_config("pretrain_resnet20_cifar10", "folder={zip}"), batch=32, eval_examples=32)
+loop.run(pre, "{work}/pretrain")
+search = shrink(load_config("jackpot_r32_cifar10", "folder={zip}"), batch=32, eval_examples=32)
+search.model.name = "cifar_resnet20"
+search.pretrained = "{work}/pretrain"
+summary = loop.run(search, "{work}/search")
+print(json.dumps({{"impl": conv.resolve_impl(rows=32 * 32 * 32), "summary": summary}}))
+"""
+
+
+def _tiny_zip(path, per_class: int) -> None:
+  from PIL import Image
+  import zipfile
+  rng = np.random.default_rng(0)
+  with zipfile.ZipFile(path, "w") as z:
+    for split in ("train", "test"):
+      for cls in ("cat", "dog"):
+        for i in range(per_class):
+          img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+          buf = path.parent / "img.png"
+          img.save(buf)
+          z.write(buf, f"{split}/{cls}/{i}.png")
+
+
+def test_one_device_cpu_run_uses_pytorch_convs_and_matches_xla(tmp_path):
+  """A one-device CPU process (a laptop, a Colab CPU) gets PyTorch's convolutions by
+  default: pretraining and a search run end to end with them, and land where XLA's
+  convolutions land (float32 rounding apart)."""
+  pytest.importorskip("torch")
+  _tiny_zip(tmp_path / "tiny.zip", per_class=16)
+  results = {}
+  for impl in ("auto", "xla"):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # one device
+    env["LOTTERY_JAX_CONV_IMPL"] = impl
+    work = tmp_path / impl
+    script = _ONE_DEVICE_RUN.format(tests=os.path.dirname(__file__), zip=tmp_path / "tiny.zip",
+                                    work=work)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+  assert results["auto"]["impl"] == "torch" and results["xla"]["impl"] == "xla"
+  a, b = results["auto"]["summary"], results["xla"]["summary"]
+  assert a["steps"] == b["steps"] == 2
+  assert abs(a["final_eval"]["loss"] - b["final_eval"]["loss"]) < 1e-3 * max(1.0, b["final_eval"]["loss"])
+  masks_a = load_run(str(tmp_path / "auto" / "search"))["masks"]
+  masks_b = load_run(str(tmp_path / "xla" / "search"))["masks"]
+  for ma, mb in zip(jax_leaves(masks_a), jax_leaves(masks_b)):
+    assert np.mean(np.asarray(ma) != np.asarray(mb)) < 1e-3
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.leaves(tree)
+
+
 def test_jackpot_r50_from_torchvision_weights_on_mock_imagenet(tmp_path):
   """Exports random ResNet-50 weights as a torchvision state dict, then searches it."""
   import jax
