@@ -250,15 +250,22 @@ def _nchw(t):
   return t.permute(0, 3, 1, 2)   # NHWC buffer -> NCHW tensor with channels-last strides
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_opaque(opaque: bytes) -> tuple[dict, np.dtype, tuple[int, ...]]:
+  cfg = json.loads(opaque)
+  kh, kw, i, o = cfg["w"]
+  return cfg, np.dtype(cfg["dtype"]), (o, kh, kw, i)
+
+
 def _torch_conv_host(kind: str, out, ins, opaque, opaque_len, _status) -> None:
-  cfg = json.loads(ctypes.string_at(opaque, opaque_len))
-  dtype = np.dtype(cfg["dtype"])
+  cfg, dtype, w_ohwi = _parse_opaque(ctypes.string_at(opaque, opaque_len))
   try:
     import torch  # pylint: disable=import-outside-toplevel
     x = _nchw(torch.from_numpy(_buffer(ins[0], cfg["x"], dtype)))
-    # HWIO kernel -> OIHW, stored channels-last (a small copy, oneDNN's layout).
-    w = torch.from_numpy(_buffer(ins[1], cfg["w"], dtype)).permute(3, 2, 0, 1).contiguous(
-        memory_format=torch.channels_last)
+    # The kernel arrives (and its gradient leaves) in OHWI memory order (the custom
+    # call asks XLA for that layout): an OIHW tensor with channels-last strides,
+    # oneDNN's preferred weight layout, without a copy.
+    w = _nchw(torch.from_numpy(_buffer(ins[1], w_ohwi, dtype)))
     args = (cfg["strides"], cfg["padding"], cfg["dilation"], False, [0, 0], cfg["groups"])
     with torch.no_grad():
       if kind == "fwd":
@@ -270,7 +277,7 @@ def _torch_conv_host(kind: str, out, ins, opaque, opaque_len, _status) -> None:
         dx, dw, _ = torch.ops.aten.convolution_backward(g, x, w, None, *args,
                                                         [True, True, False])
         _nchw(torch.from_numpy(_buffer(outs[0], cfg["x"], dtype))).copy_(dx)
-        torch.from_numpy(_buffer(outs[1], cfg["w"], dtype)).copy_(dw.permute(2, 3, 1, 0))
+        _nchw(torch.from_numpy(_buffer(outs[1], w_ohwi, dtype))).copy_(dw)
   except BaseException as e:  # pylint: disable=broad-except
     # A C callback cannot raise into XLA: record, log, and poison the results with NaN,
     # which the training loop's finiteness check stops on.
@@ -281,7 +288,7 @@ def _torch_conv_host(kind: str, out, ins, opaque, opaque_len, _status) -> None:
     else:
       outs = ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))
       _buffer(outs[0], cfg["x"], dtype)[...] = np.nan
-      _buffer(outs[1], cfg["w"], dtype)[...] = np.nan
+      _buffer(outs[1], w_ohwi, dtype)[...] = np.nan
 
 
 def _register_targets() -> None:
@@ -294,13 +301,24 @@ def _register_targets() -> None:
                                 platform="cpu", api_version=0)
 
 
+# Memory orders (major to minor) the custom calls ask XLA for: activations NHWC as they
+# are, HWIO kernels (and their gradients) as OHWI.
+_ROW_MAJOR, _OHWI = (0, 1, 2, 3), (3, 0, 1, 2)
+
+
 def _torch_call(kind, out_shapes, dtype, *args, **cfg):
   _register_targets()
   opaque = json.dumps({"dtype": np.dtype(dtype).name, **cfg})
   results = [jax.ShapeDtypeStruct(s, dtype) for s in out_shapes]
-  return jax.ffi.ffi_call(_TARGETS[kind], results if kind == "bwd" else results[0],
-                          custom_call_api_version=3, legacy_backend_config=opaque,
-                          vmap_method="sequential")(*args)
+  if kind == "fwd":
+    return jax.ffi.ffi_call(_TARGETS[kind], results[0], custom_call_api_version=3,
+                            legacy_backend_config=opaque, vmap_method="sequential",
+                            input_layouts=[_ROW_MAJOR, _OHWI],
+                            output_layouts=_ROW_MAJOR)(*args)
+  return jax.ffi.ffi_call(_TARGETS[kind], results, custom_call_api_version=3,
+                          legacy_backend_config=opaque, vmap_method="sequential",
+                          input_layouts=[_ROW_MAJOR, _OHWI, _ROW_MAJOR],
+                          output_layouts=[_ROW_MAJOR, _OHWI])(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
