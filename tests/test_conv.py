@@ -230,6 +230,10 @@ def test_auto_picks_torch_only_where_it_measured_faster(monkeypatch):
   assert conv.resolve_impl(rows=big) == "xla"                 # PyTorch not installed
   with pytest.raises(ImportError, match="pip install torch"):
     conv.resolve_impl("torch")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert conv.resolve_impl(rows=big) == "xla"
+  with pytest.raises(ValueError, match="CPU backend only"):
+    conv.resolve_impl("torch")
 
 
 def test_auto_resolves_per_conv_inside_a_model(monkeypatch):

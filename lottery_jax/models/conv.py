@@ -222,7 +222,10 @@ def torch_available() -> bool:
   """Whether PyTorch can be imported (the "torch" lowering's one requirement)."""
   try:
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
+  except (ImportError, OSError) as e:  # OSError: an installed wheel whose libraries fail to load
+    if not isinstance(e, ModuleNotFoundError):
+      logging.warning("PyTorch is installed but does not import (%s); conv 'auto' uses XLA's "
+                      "convolution", e)
     return False
   return True
 
@@ -505,6 +508,9 @@ def resolve_impl(impl: str = "auto", rows: int | None = None, groups: int = 1) -
 
 
 def _require(impl: str) -> None:
+  if impl == "torch" and jax.default_backend() != "cpu":
+    raise ValueError(f"conv impl 'torch' runs on the CPU backend only (the default backend is "
+                     f"{jax.default_backend()!r}); use 'auto' or 'xla' there")
   if impl == "torch" and not torch_available():
     raise ImportError("conv impl 'torch' runs PyTorch's CPU convolution and needs PyTorch: "
                       "pip install torch --index-url https://download.pytorch.org/whl/cpu "
