@@ -20,8 +20,8 @@ Every model conv goes through `conv_general_dilated` (plugged into
 process where PyTorch is installed, "torch" for grouped convolutions and for
 those with at least `TORCH_MIN_ROWS` output rows (N * Ho * Wo), "xla" for smaller
 ones; "xla" on every other backend and whenever PyTorch is missing or several
-devices share the computation (the custom call would run on gathered operands). The environment
-variable LOTTERY_JAX_CONV_IMPL=<impl> (or `use_impl`) overrides it.
+devices share the computation (the custom call would run on gathered operands).
+The environment variable LOTTERY_JAX_CONV_IMPL=<impl> (or `use_impl`) overrides it.
 
 Why: XLA:CPU's convolutions, above all their backward pass, are 2-4x slower than
 oneDNN's (profile of the wide ResNet-32 training step: convolutions ~47%, weight-
