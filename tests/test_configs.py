@@ -46,6 +46,20 @@ def shrink(c, *, steps=2, batch=16, eval_examples=32, **data):
   return c
 
 
+def _tiny_zip(path, per_class: int) -> None:
+  from PIL import Image
+  import zipfile
+  rng = np.random.default_rng(0)
+  with zipfile.ZipFile(path, "w") as z:
+    for split in ("train", "test"):
+      for cls in ("cat", "dog"):
+        for i in range(per_class):
+          img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+          buf = path.parent / "img.png"
+          img.save(buf)
+          z.write(buf, f"{split}/{cls}/{i}.png")
+
+
 def test_every_config_is_covered():
   names = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py"))
   covered = {"quickstart", "jackpot_r32_cifar10", "jackpot_vgg19_cifar10",
@@ -68,18 +82,8 @@ def test_cifar_pretrain_then_jackpot_on_mock_tfds(tmp_path, model):
 
 
 def test_resnet20_pretrain_from_an_image_folder_zip(tmp_path):
-  from PIL import Image
-  import zipfile
   path = tmp_path / "tiny.zip"
-  rng = np.random.default_rng(0)
-  with zipfile.ZipFile(path, "w") as z:
-    for split in ("train", "test"):
-      for cls in ("cat", "dog"):
-        for i in range(8):
-          img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
-          buf = tmp_path / "img.png"
-          img.save(buf)
-          z.write(buf, f"{split}/{cls}/{i}.png")
+  _tiny_zip(path, per_class=8)
   c = shrink(load_config("pretrain_resnet20_cifar10", f"folder={path}"), batch=8,
              eval_examples=16)
   summary = loop.run(c, str(tmp_path / "run"))
@@ -102,20 +106,6 @@ search.pretrained = "{work}/pretrain"
 summary = loop.run(search, "{work}/search")
 print(json.dumps({{"impl": conv.resolve_impl(rows=32 * 32 * 32), "summary": summary}}))
 """
-
-
-def _tiny_zip(path, per_class: int) -> None:
-  from PIL import Image
-  import zipfile
-  rng = np.random.default_rng(0)
-  with zipfile.ZipFile(path, "w") as z:
-    for split in ("train", "test"):
-      for cls in ("cat", "dog"):
-        for i in range(per_class):
-          img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
-          buf = path.parent / "img.png"
-          img.save(buf)
-          z.write(buf, f"{split}/{cls}/{i}.png")
 
 
 def test_one_device_cpu_run_uses_pytorch_convs_and_matches_xla(tmp_path):
