@@ -108,7 +108,6 @@ class BatchNorm(nn.Module):
     use_running_average = nn.merge_param(
         "use_running_average", self.use_running_average, use_running_average)
     features = x.shape[-1]
-    reduction_axes = tuple(range(x.ndim - 1))
     running_mean = self.variable("batch_stats", "mean",
                                  lambda: jnp.zeros((features,), jnp.float32))
     running_var = self.variable("batch_stats", "var",
