@@ -18,7 +18,6 @@ one-device CPU process where it is installed only because it measures faster her
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -56,8 +55,7 @@ def build(name: str, impl: str, batch: int, shape, classes: int):
                               mutable=["batch_stats"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
 
-  ctx = conv.use_impl(impl) if impl != "auto" else contextlib.nullcontext()
-  with ctx:   # use_impl acts at trace time: compile inside the block
+  with conv.use_impl(impl):   # use_impl acts at trace time: compile inside the block
     fn = jax.jit(jax.grad(loss, has_aux=True)).lower(params, batch_stats).compile()
   return lambda: fn(params, batch_stats)
 

@@ -27,7 +27,6 @@ The target of issue 6: search step <= 1.18 x PyTorch's dense step.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -87,7 +86,7 @@ def build_jax(model, variables, impl: str, sparsity: float, batch):
 
   # `use_impl` acts at trace time, and jit traces lazily: compile ahead of time inside
   # the block, or every impl would silently run the default lowering.
-  with conv.use_impl(impl) if impl != "auto" else contextlib.nullcontext():
+  with conv.use_impl(impl):
     dense_step = make_train_step(model, tx, dense_program, searched=dense_space.searched,
                                  prune_counts=dense_space.prune_counts)
     dense_step = dense_step.lower(dense_state, batch).compile()

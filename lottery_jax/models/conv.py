@@ -65,6 +65,11 @@ ENV_VAR = "LOTTERY_JAX_CONV_IMPL"
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _window(kernel_hw, dilation) -> tuple[int, ...]:
+  """Spatial extent of a kernel with dilation `dilation` (`(k - 1) * d + 1`)."""
+  return tuple((k - 1) * d + 1 for k, d in zip(kernel_hw, dilation))
+
+
 def _out_size(size: int, k: int, s: int, lo: int, hi: int) -> int:
   return (size + lo + hi - k) // s + 1
 
@@ -312,16 +317,14 @@ _ROW_MAJOR, _OHWI = (0, 1, 2, 3), (3, 0, 1, 2)
 def _torch_call(kind, out_shapes, dtype, *args, **cfg):
   _register_targets()
   opaque = json.dumps({"dtype": np.dtype(dtype).name, **cfg})
+  # Operands are (x, w[, g]) and results (y) or (dx, dw): only the kernel is OHWI.
+  in_layouts = [_OHWI if i == 1 else _ROW_MAJOR for i in range(len(args))]
+  out_layouts = [_OHWI if i == 1 else _ROW_MAJOR for i in range(len(out_shapes))]
   results = [jax.ShapeDtypeStruct(s, dtype) for s in out_shapes]
-  if kind == "fwd":
-    return jax.ffi.ffi_call(_TARGETS[kind], results[0], custom_call_api_version=3,
-                            legacy_backend_config=opaque, vmap_method="sequential",
-                            input_layouts=[_ROW_MAJOR, _OHWI],
-                            output_layouts=_ROW_MAJOR)(*args)
-  return jax.ffi.ffi_call(_TARGETS[kind], results, custom_call_api_version=3,
+  call = jax.ffi.ffi_call(_TARGETS[kind], results, custom_call_api_version=3,
                           legacy_backend_config=opaque, vmap_method="sequential",
-                          input_layouts=[_ROW_MAJOR, _OHWI, _ROW_MAJOR],
-                          output_layouts=[_ROW_MAJOR, _OHWI])(*args)
+                          input_layouts=in_layouts, output_layouts=out_layouts)
+  return call(*args) if kind == "bwd" else call(*args)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -330,10 +333,11 @@ def _conv_torch(x, w, strides, padding, dilation, groups):
 
 
 def _torch_cfg(x, w, strides, padding, dilation, groups):
-  kh, kw, _, o = w.shape
   n, h, wd, _ = x.shape
-  ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
-  wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+  wh, ww = _window(w.shape[:2], dilation)
+  ho = _out_size(h, wh, strides[0], padding[0], padding[0])
+  wo = _out_size(wd, ww, strides[1], padding[1], padding[1])
+  o = w.shape[3]
   return dict(x=list(x.shape), w=list(w.shape), y=[n, ho, wo, o], strides=list(strides),
               padding=list(padding), dilation=list(dilation), groups=groups)
 
@@ -412,8 +416,8 @@ def conv2d_barrier(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
 def _normalise(x, w, strides, padding, dilation=(1, 1)):
   strides = tuple(int(s) for s in strides)
   if isinstance(padding, str):
-    window = tuple((k - 1) * d + 1 for k, d in zip(w.shape[:2], dilation))
-    padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+    padding = lax.padtype_to_pads(x.shape[1:3], _window(w.shape[:2], dilation), strides,
+                                  padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   if any(v < 0 for pair in padding for v in pair):
     raise ValueError(f"negative padding is not supported here, got {padding}")
@@ -426,32 +430,30 @@ def _patches_applicable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
     return False
   if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
     return False
-  if dimension_numbers is None:
+  return _is_nhwc(lhs, rhs, dimension_numbers) and jnp.issubdtype(lhs.dtype, jnp.floating)
+
+
+def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
+  """Whether a conv's operands are 2-D NHWC x HWIO -> NHWC (the layout every non-XLA
+  lowering implements)."""
+  if lhs.ndim != 4 or rhs.ndim != 4 or dimension_numbers is None:
     return False
-  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-  given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  return given == nhwc and jnp.issubdtype(lhs.dtype, jnp.floating)
+  return (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+          == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
 
 
 def _torch_applicable(lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count) -> bool:
-  if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1 or dimension_numbers is None:
+  if batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or ())):
     return False
-  if any(d != 1 for d in (lhs_dilation or ())):
-    return False
-  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-  given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  return (given == nhwc and str(lhs.dtype) in _TORCH_DTYPES and lhs.dtype == rhs.dtype)
+  return (_is_nhwc(lhs, rhs, dimension_numbers) and str(lhs.dtype) in _TORCH_DTYPES
+          and lhs.dtype == rhs.dtype)
 
 
 def _output_rows(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers) -> int | None:
   """N * Ho * Wo of an NHWC/HWIO conv (None for other layouts)."""
-  if lhs.ndim != 4 or rhs.ndim != 4 or dimension_numbers is None:
+  if not _is_nhwc(lhs, rhs, dimension_numbers):
     return None
-  if (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
-    return None
-  dil = tuple(rhs_dilation or (1, 1))
-  window = tuple((k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dil))
+  window = _window(rhs.shape[:2], rhs_dilation or (1, 1))
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
   ho, wo = (_out_size(size, k, s, lo, hi) for size, k, s, (lo, hi)
@@ -466,10 +468,12 @@ _override: list[str] = []
 @contextlib.contextmanager
 def use_impl(impl: str):
   """Within the block, "auto" resolves to `impl` on every backend (benchmarks and
-  tests; jitted functions keep the lowering they were traced with)."""
-  if impl not in IMPLS:
-    raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
-  _require(impl)
+  tests; jitted functions keep the lowering they were traced with). `use_impl("auto")`
+  changes nothing (the default's own resolution applies)."""
+  if impl == "auto":
+    yield
+    return
+  _check_impl(impl, "conv impl")
   _override.append(impl)
   try:
     yield
@@ -490,10 +494,7 @@ def resolve_impl(impl: str = "auto", rows: int | None = None, groups: int = 1) -
       return _override[-1]
     env = os.environ.get(ENV_VAR, "auto").strip() or "auto"
     if env != "auto":
-      if env not in IMPLS:
-        raise ValueError(f"${ENV_VAR} must be 'auto' or one of {IMPLS}, got {env!r}")
-      _require(env)
-      return env
+      return _check_impl(env, f"${ENV_VAR}")
     if jax.default_backend() != "cpu":
       return "xla"
     if DEFAULT_IMPL == "torch" and (not torch_available() or jax.device_count() > 1
@@ -501,8 +502,14 @@ def resolve_impl(impl: str = "auto", rows: int | None = None, groups: int = 1) -
                                         and groups == 1)):
       return "xla"
     return DEFAULT_IMPL
+  return _check_impl(impl, "conv impl")
+
+
+def _check_impl(impl: str, what: str) -> str:
+  """`impl` if it names a lowering usable here, else a ValueError/ImportError naming
+  `what` was set to what, and the fix."""
   if impl not in IMPLS:
-    raise ValueError(f"conv impl must be 'auto' or one of {IMPLS}, got {impl!r}")
+    raise ValueError(f"{what} must be 'auto' or one of {IMPLS}, got {impl!r}")
   _require(impl)
   return impl
 
@@ -533,9 +540,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   without input dilation or batch groups; for the others also kernel dilation and
   feature groups; `preferred_element_type` for all.
   """
-  impl = resolve_impl(impl, rows=_output_rows(lhs, rhs, window_strides, padding,
-                                               rhs_dilation, dimension_numbers),
-                      groups=feature_group_count)
+  # Only "auto" looks at the conv's size (`resolve_impl`).
+  rows = (_output_rows(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers)
+          if impl == "auto" else None)
+  impl = resolve_impl(impl, rows=rows, groups=feature_group_count)
   if impl == "torch":
     if preferred_element_type is None and _torch_applicable(
         lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count):
