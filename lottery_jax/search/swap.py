@@ -27,7 +27,10 @@ Decisions where the reference is silent or cannot be copied:
   integers in exact arithmetic give that integer (``0.1 * 10 -> 1``). The reference computes
   in float64, where for example ``0.7 * 10 = 7.000000000000001`` rounds up to 8. Any
   ``rate > 0`` gives ``m >= 1`` when ``|R| > 0``. ``m`` never exceeds ``|R|``.
-- ``-0.0`` and ``0.0`` compare equal (as in the reference). Scores must be finite; NaN or
+- ``-0.0`` and ``0.0`` compare equal (as in the reference), and subnormal scores count as
+  zero on every backend (XLA:CPU and TPU flush them anyway; GPUs need not, so the rule flushes
+  them itself: a score of -1e-45 ties with 0.0 instead of ranking below it differently per
+  backend). Scores must be finite; NaN or
   infinite scores give unspecified (but still exactly-sparse) masks.
 
 Algorithm and complexity (per layer of ``n`` weights, capacity ``C`` (default 1024), block
@@ -139,7 +142,10 @@ def _canonical_scores(score: jax.Array) -> jax.Array:
   if not jnp.issubdtype(flat.dtype, jnp.floating):
     flat = flat.astype(jnp.float32)
   # XLA's sort and TopK order floats by bit pattern (-0.0 < 0.0); the reference does not.
-  return jnp.where(flat == 0, jnp.zeros_like(flat), flat)
+  # Subnormals are zero too, explicitly, so the order does not depend on whether the
+  # backend flushes them (XLA:CPU does; `flat == 0` alone already holds for them there).
+  tiny = jnp.finfo(flat.dtype).tiny
+  return jnp.where(jnp.abs(flat) < tiny, jnp.zeros_like(flat), flat)
 
 
 def _apply_swaps(flat_mask, revive_order, drop_order, m):
@@ -477,6 +483,7 @@ def swap_update_reference(
   score = np.asarray(score)
   mask = np.asarray(mask, dtype=bool)
   m_flat = score.reshape(-1).astype(np.float32) + np.float32(0.0)  # -0.0 -> 0.0
+  m_flat[np.abs(m_flat) < np.finfo(np.float32).tiny] = 0.0       # subnormals count as zero
   flat_bm = mask.reshape(-1).copy()
   k = int(prune_count)
   if k == 0:
