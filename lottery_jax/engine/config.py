@@ -24,6 +24,7 @@ TRAIN_KINDS = ("weights", "scores")
 ALLOCATIONS = ("global_magnitude", "uniform", "erk")
 SCORE_INITS = ("magnitude", "abs", "random")
 RATE_SCHEDULES = ("constant", "decay")
+CONV_IMPLS = ("xla", "torch")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -34,6 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "digits_cnn"
   c.model.kwargs = ml_collections.ConfigDict()
+  # Convolution lowering (lottery_jax.models.conv): "xla" everywhere by default;
+  # "torch" (PyTorch's oneDNN convolutions as XLA:CPU custom calls) is an opt-in
+  # for one-device CPU processes, recorded here and checked on resume like any field.
+  c.model.conv = "xla"
 
   c.data = ml_collections.ConfigDict()  # filled from lottery_jax.data.default_config(name)
 
@@ -103,6 +108,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not cond:
       raise ConfigError(f"config.{field}={value!r} is invalid: expected {expected}")
 
+  need(c.model.get("conv", "xla") in CONV_IMPLS, "model.conv", c.model.get("conv"),
+       f"one of {CONV_IMPLS}")
   need(c.train in TRAIN_KINDS, "train", c.train, f"one of {TRAIN_KINDS}")
   need(isinstance(c.sparsity, (int, float)) and 0.0 <= c.sparsity < 1.0, "sparsity",
        c.sparsity, "a number in [0, 1)")

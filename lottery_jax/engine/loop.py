@@ -163,8 +163,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh):
   train_step = make_train_step(
       model, tx, program, searched=space.searched, prune_counts=space.prune_counts,
       rate_fn=rate_fn_of(config, total) if program.mask_update == "swap" else None,
-      max_swaps=config.mask.max_swaps or None, mesh=mesh)
-  eval_step = make_eval_step(model, searched=space.searched, mesh=mesh)
+      max_swaps=config.mask.max_swaps or None, mesh=mesh, conv_impl=config.model.conv)
+  eval_step = make_eval_step(model, searched=space.searched, mesh=mesh,
+                             conv_impl=config.model.conv)
   # Host copies: the device buffers of the state are donated to the first step.
   with jax.transfer_guard("allow"):
     initial_masks, pretrained = jax.device_get((masks, variables))

@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lottery_jax import masks as mask_algebra
+from lottery_jax.models import conv as conv_lib
 from lottery_jax.search.swap import update_masks
 from lottery_jax.engine.state import Program, TrainState, effective_params
 
@@ -25,7 +26,8 @@ def cross_entropy(logits, labels):
 
 def make_train_step(model, tx: optax.GradientTransformation, program: Program, *,
                     searched, prune_counts, rate_fn: Callable | None = None,
-                    max_swaps: int | None = None, mesh: Mesh | None = None):
+                    max_swaps: int | None = None, mesh: Mesh | None = None,
+                    conv_impl: str = "xla"):
   """Returns `step(state, batch) -> (state, metrics)`, jitted.
 
   Args:
@@ -37,6 +39,7 @@ def make_train_step(model, tx: optax.GradientTransformation, program: Program, *
     rate_fn: `rate(step) -> float in (0, 1]` for the swap rule (short restriction).
     max_swaps: optional cap on swaps per leaf per step.
     mesh: if given, the state is replicated and the batch sharded on "data".
+    conv_impl: the convolution lowering the step is traced with (`config.model.conv`).
   """
   def loss_fn(trainable, state: TrainState, batch):
     params = trainable.get("params", state.params)
@@ -98,10 +101,10 @@ def make_train_step(model, tx: optax.GradientTransformation, program: Program, *
     }
     return new_state, metrics
 
-  return _jit(step, mesh, donate=True)
+  return _jit(_traced_with(step, conv_impl), mesh, donate=True)
 
 
-def make_eval_step(model, *, searched, mesh: Mesh | None = None):
+def make_eval_step(model, *, searched, mesh: Mesh | None = None, conv_impl: str = "xla"):
   """Returns `eval_step(state, batch) -> {"correct", "loss", "count"}` (sums over
   the batch's valid entries; padding is masked out)."""
 
@@ -118,7 +121,16 @@ def make_eval_step(model, *, searched, mesh: Mesh | None = None):
         "count": jnp.sum(valid),
     }
 
-  return _jit(eval_step, mesh, donate=False)
+  return _jit(_traced_with(eval_step, conv_impl), mesh, donate=False)
+
+
+def _traced_with(fn, conv_impl: str):
+  """`fn` traced with the convolution lowering `conv_impl` (jit traces lazily, so the
+  lowering is chosen inside the traced function, not around the jit call)."""
+  def wrapped(*args):
+    with conv_lib.use_impl(conv_impl):
+      return fn(*args)
+  return wrapped
 
 
 def _jit(fn, mesh: Mesh | None, donate: bool):
