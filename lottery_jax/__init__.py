@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
   # Lazy so `from lottery_jax import masks` stays light (no Flax, no Orbax).
   if name == "load_run":
-    from lottery_jax.engine.results import load_run
+    from lottery_jax.engine.io import load_run
     return load_run
   if name in ("masks", "models", "data", "search", "engine", "convert", "tickets"):
     import importlib

@@ -1,18 +1,21 @@
 """Experiments: what `python -m lottery_jax.main` runs, by `config.experiment`.
 
-Each is a few lines over the one engine (`lottery_jax.engine.loop.run`).
+Each is a short list of stages over the one engine (`lottery_jax.engine.stages`).
+Importing this module registers every method's mask program.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from typing import Any, Callable
 
 import ml_collections
 
+from lottery_jax import search, tickets  # noqa: F401  (register the mask programs)
+from lottery_jax.engine import distributed, io
 from lottery_jax.engine.errors import ConfigError
+from lottery_jax.engine.stages import Stage, derive, run_stages
 
 _EXPERIMENTS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {}
 
@@ -31,58 +34,58 @@ def get(name: str):
   return _EXPERIMENTS[name]
 
 
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs `config.experiment` in `workdir` (multi-process start-up once per process)."""
+  if config.multihost:
+    distributed.initialize_once()
+  return get(config.experiment)(config, workdir)
+
+
 @register("train")
 def train(config, workdir: str) -> dict:
-  """One run of the engine: dense training, a jackpot search, or fine-tuning; a
-  search with `finetune.num_epochs > 0` adds the "+T" stage in `<workdir>/finetune`."""
-  from lottery_jax.engine.loop import run
-  summary = run(config, workdir)
-  if config.train == "scores" and config.finetune.num_epochs > 0:
-    tune = finetune_config(config, pretrained=workdir)
-    summary["finetune"] = run(tune, os.path.join(workdir, "finetune"))
+  """One stage of the engine (dense training, a jackpot search, fine-tuning...) in
+  `workdir`; `finetune.num_epochs > 0` adds the "+T" stage in `<workdir>/finetune`."""
+  stages = [Stage("", config)]
+  if config.finetune.num_epochs > 0:
+    stages.append(Stage("finetune", finetune_config(config, source=workdir)))
+  out = run_stages(stages, workdir)
+  summary = dict(out[""])
+  if "finetune" in out:
+    summary["finetune"] = out["finetune"]
   return summary
 
 
-def finetune_config(config, pretrained: str) -> ml_collections.ConfigDict:
-  """The "+T" stage: the found mask frozen, surviving weights and BN trained."""
-  tune = copy.deepcopy(config)
-  with tune.unlocked():
-    tune.pretrained = pretrained
-    tune.train = "weights"
-    tune.mask.update_rule = "fixed"
-    tune.mask.from_pretrained = True
-    tune.num_epochs = config.finetune.num_epochs
-    tune.num_steps = 0
-    tune.optimizer.learning_rate = config.finetune.learning_rate
-    tune.optimizer.weight_decay = config.finetune.weight_decay
-    tune.finetune.num_epochs = 0.0
-  return tune
+def finetune_config(config, source: str) -> ml_collections.ConfigDict:
+  """The "+T" stage: the mask of `source` frozen, surviving weights and BN trained
+  (the paper's lr 0.01, wd 0)."""
+  return derive(config, **{
+      "pretrained": source, "mask.program": "given", "mask.source": source,
+      "mask.update_rule": "", "sparsity": 0.0, "num_epochs": config.finetune.num_epochs,
+      "num_steps": 0, "optimizer.learning_rate": config.finetune.learning_rate,
+      "optimizer.weight_decay": config.finetune.weight_decay, "finetune.num_epochs": 0.0,
+      "start.workdir": "", "rewind_step": -1, "stop_epochs": 0.0})
 
 
 @register("quickstart")
 def quickstart(config, workdir: str) -> dict:
   """Dense pretraining, then a jackpot search on the result; prints the table."""
-  from lottery_jax.engine.loop import run
   dense_cfg = copy.deepcopy(config)
   with dense_cfg.unlocked():
     dense_cfg.update_from_flattened_dict(_flat(config.pretrain))
-    dense_cfg.train = "weights"
+    dense_cfg.mask.program = "dense"
+    dense_cfg.mask.update_rule = ""
     dense_cfg.sparsity = 0.0
-    dense_cfg.mask.update_rule = "fixed"
-  dense = run(dense_cfg, os.path.join(workdir, "pretrain"))
-  search_cfg = copy.deepcopy(config)
-  with search_cfg.unlocked():
-    search_cfg.pretrained = os.path.join(workdir, "pretrain")
-  jackpot = run(search_cfg, os.path.join(workdir, "jackpot"))
+  search_cfg = derive(config, pretrained=os.path.join(workdir, "pretrain"))
+  out = run_stages([Stage("pretrain", dense_cfg), Stage("jackpot", search_cfg)], workdir)
+  dense, jackpot = out["pretrain"], out["jackpot"]
   table = quickstart_table(dense, jackpot, config.sparsity)
   print(table)
-  out = {"dense": dense["final_eval"], "magnitude_no_search": jackpot["initial_eval"],
-         "jackpot": jackpot["final_eval"],
-         "iou_with_magnitude": jackpot["mask_analysis"]["iou_magnitude"],
-         "sparsity": jackpot["sparsity"]["of_pruned_layers"], "table": table}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(out, f, indent=1)
-  return out
+  summary = {"dense": dense["final_eval"], "magnitude_no_search": jackpot["initial_eval"],
+             "jackpot": jackpot["final_eval"],
+             "iou_with_magnitude": jackpot["mask_analysis"]["iou_magnitude"],
+             "sparsity": jackpot["sparsity"]["of_pruned_layers"], "table": table}
+  io.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
 
 
 def quickstart_table(dense: dict, jackpot: dict, sparsity: float) -> str:

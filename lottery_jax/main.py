@@ -25,7 +25,7 @@ def main(argv):
   from lottery_jax.engine.errors import NonFiniteLossError
   config = FLAGS.config
   try:
-    experiments.get(config.experiment)(config, FLAGS.workdir)
+    experiments.run(config, FLAGS.workdir)
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)

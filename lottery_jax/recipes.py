@@ -29,7 +29,7 @@ def jackpot_search(c, *, sparsity: float, weight_decay: float, num_epochs: float
   magnitude allocation, magnitude-initialised scores (1.0 / 0.99), the swap rule at
   rate 1, SGD lr 0.1 momentum 0.9 with coupled weight decay on the scores, cosine
   decay (stepped once per epoch in the reference)."""
-  c.train = "scores"
+  c.mask.program = "jackpot"
   c.sparsity = sparsity
   c.allocation = "global_magnitude"
   c.mask.update_rule = "swap"
@@ -59,7 +59,7 @@ def cifar_pretrain(arg: str, model: str):
   c = base_config()
   c.model.name = model
   c.data = cifar_data(arg)
-  c.train = "weights"
+  c.mask.program = "dense"
   c.optimizer.learning_rate = 0.1
   c.optimizer.weight_decay = 5e-4
   c.optimizer.schedule = "multistep"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lottery_jax import load_run
+from lottery_jax import search  # noqa: F401  (registers the jackpot program)
 from lottery_jax.engine import loop
 from lottery_jax.engine.errors import (CheckpointMismatchError, ConfigError,
                                        NonFiniteLossError)
@@ -25,9 +26,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(**overrides):
   """Dense training on a digits subset (tests/configs/tiny_search.py made dense)."""
   c = _tiny_search_config()
-  c.train = "weights"
+  c.mask.program = "dense"
   c.sparsity = 0.0
-  c.mask.update_rule = "fixed"
+  c.mask.update_rule = ""
   for k, v in overrides.items():
     c.update_from_flattened_dict({k: v})
   return c
@@ -42,7 +43,7 @@ def _tiny_search_config():
 
 
 def search_config(pretrained, **overrides):
-  base = {"train": "scores", "sparsity": 0.9, "mask.update_rule": "swap",
+  base = {"mask.program": "jackpot", "sparsity": 0.9, "mask.update_rule": "swap",
           "pretrained": pretrained}
   base.update(overrides)
   return tiny_config(**base)
@@ -121,7 +122,7 @@ def test_finetune_stage_keeps_mask(pretrained, tmp_path):
 
 @pytest.mark.parametrize("field,value", [
     ("sparsity", 1.0), ("sparsity", -0.1), ("mask.rate", 0.0), ("mask.rate", 1.5),
-    ("allocation", "l2"), ("train", "both")])
+    ("allocation", "l2"), ("mask.program", "both"), ("mask.update_rule", "popup")])
 def test_bad_config_values(pretrained, tmp_path, field, value):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
     loop.run(search_config(pretrained, **{field: value}), str(tmp_path))

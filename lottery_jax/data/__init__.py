@@ -12,10 +12,12 @@ reads only its own shard of the data.
 """
 
 from lottery_jax.data.pipeline import (
-    COMMON_DEFAULTS, Data, DatasetInfo, TrainIterator, build, default_config, names)
+    COMMON_DEFAULTS, Data, DatasetInfo, StackedTrainIterator, TrainIterator, build,
+    default_config, names)
 from lottery_jax.data.registry import Split, register
 
 __all__ = [
-    "COMMON_DEFAULTS", "Data", "DatasetInfo", "Split", "TrainIterator", "build",
+    "COMMON_DEFAULTS", "Data", "DatasetInfo", "Split", "StackedTrainIterator",
+    "TrainIterator", "build",
     "default_config", "names", "register",
 ]

@@ -235,11 +235,15 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
+    return self._data._to_global(self.next_local())  # pylint: disable=protected-access
+
+  def next_local(self) -> dict[str, np.ndarray]:
+    """The next batch as this process's NumPy slice (not yet a global array)."""
     if self._it is None:
       self._it = iter(self._data._train_dataset(self._step))  # pylint: disable=protected-access
     local = next(self._it)
     self._step += 1
-    return self._data._to_global(local)  # pylint: disable=protected-access
+    return local
 
   @property
   def step(self) -> int:
@@ -273,6 +277,48 @@ class TrainIterator:
     if self._it is not None and hasattr(self._it, "close"):
       self._it.close()
     self._it = None
+
+
+class StackedTrainIterator:
+  """S train pipelines (one data order each) as one iterator of `[S, batch, ...]`
+  global batches, for a state with a sibling axis. Its state holds every
+  pipeline's, so resuming is exact for each copy."""
+
+  def __init__(self, datas: "list[Data]", sharding: NamedSharding):
+    self._its = [d.train_iter() for d in datas]
+    self._sharding = sharding
+    self._process_count = datas[0].process_count
+
+  def __iter__(self) -> "StackedTrainIterator":
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    locals_ = [it.next_local() for it in self._its]
+    out = {}
+    for key in locals_[0]:
+      value = np.stack([np.asarray(batch[key]) for batch in locals_])
+      global_shape = (value.shape[0], value.shape[1] * self._process_count) + value.shape[2:]
+      out[key] = jax.make_array_from_process_local_data(self._sharding, value, global_shape)
+    return out
+
+  @property
+  def step(self) -> int:
+    return self._its[0].step
+
+  def get_state(self) -> dict[str, Any]:
+    return {"step": self.step, "siblings": [it.get_state() for it in self._its]}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    subs = state.get("siblings")
+    if subs is None or len(subs) != len(self._its):
+      raise ValueError(f"the saved data iterator state holds {len(subs or [])} sibling "
+                       f"pipelines; this run has {len(self._its)}")
+    for it, sub in zip(self._its, subs):
+      it.set_state(sub)
+
+  def close(self) -> None:
+    for it in self._its:
+      it.close()
 
 
 class Data:

@@ -12,17 +12,18 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class Checkpointer:
 
-  def __init__(self, directory: str, *, keep: int = 2):
+  def __init__(self, directory: str, *, keep: int | None = 2, create: bool = True):
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True),
+            max_to_keep=keep, create=create, cleanup_tmp_directories=create),
         item_names=("state", "data", "meta"),
     )
 
@@ -56,6 +57,26 @@ class Checkpointer:
           step,
           args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract),
+              data=ocp.args.JsonRestore(),
+              meta=ocp.args.JsonRestore(),
+          ),
+      )
+    return restored["state"], restored["data"], restored["meta"]
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore_host(self, step: int) -> tuple[Any, dict, dict]:
+    """Restores step `step` as NumPy arrays in the saved tree structure (no target
+    needed: forking a stage from another stage's checkpoint)."""
+    metadata = self.manager.item_metadata(step)["state"]
+    tree = getattr(metadata, "tree", metadata)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    with jax.transfer_guard("allow"):
+      restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.PyTreeRestore(restore_args=restore_args),
               data=ocp.args.JsonRestore(),
               meta=ocp.args.JsonRestore(),
           ),

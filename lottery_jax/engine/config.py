@@ -20,7 +20,6 @@ RESUME_NEUTRAL = (
     "tensorboard",
 )
 
-TRAIN_KINDS = ("weights", "scores")
 ALLOCATIONS = ("global_magnitude", "uniform", "erk")
 SCORE_INITS = ("magnitude", "abs", "random")
 RATE_SCHEDULES = ("constant", "decay")
@@ -45,24 +44,45 @@ def base_config() -> ml_collections.ConfigDict:
   # Where the starting weights come from: "" (fresh init), a run's workdir, or a
   # checkpoint file (.pt/.pth torch, .safetensors, .npz).
   c.pretrained = ""
-  c.search_random_weights = False  # allow train="scores" without pretrained weights
+  c.search_random_weights = False  # allow a jackpot search without pretrained weights
                                    # (strong tickets); jackpots need pretrained ones
 
-  c.train = "weights"           # "weights" (dense / fine-tune) or "scores" (search)
-  c.sparsity = 0.0              # global target sparsity of the searched leaves
-  c.allocation = "global_magnitude"
-  c.exclude = ("classifier",)   # path patterns never pruned (the model's classifier
-                                # is added automatically unless prune_classifier)
-  c.prune_classifier = False
-
+  # What the run does with masks: a registered mask program (lottery_jax.engine.
+  # programs): "dense", "given" (masks of `mask.source`, weights train), and the
+  # methods' own (lottery_jax.search: "jackpot"; lottery_jax.tickets: "magnitude").
   c.mask = ml_collections.ConfigDict()
-  c.mask.update_rule = "fixed"       # "fixed" or "swap"
+  c.mask.program = "dense"
+  c.mask.update_rule = ""       # "" = the program's default; "fixed", "swap", "topk"
+  c.mask.source = ""            # a finished run's workdir whose masks a program reads
   c.mask.score_init = "magnitude"  # "magnitude" (1.0 kept / 0.99 pruned), "abs", "random"
   c.mask.rate = 1.0             # swap-rule rate in (0, 1]: 1 reproduces the reference
   c.mask.rate_schedule = "constant"  # or "decay": rate * (1 - t/T)^power
   c.mask.rate_power = 4.0
   c.mask.max_swaps = 0          # cap on swaps per layer per step; 0 = no cap
-  c.mask.from_pretrained = False  # take the masks of the run in `pretrained` (fine-tuning)
+
+  c.sparsity = 0.0              # global target sparsity of the masked leaves
+  c.allocation = "global_magnitude"
+  c.exclude = ("classifier",)   # path patterns never pruned (the model's classifier
+                                # is added automatically unless prune_classifier)
+  c.prune_classifier = False
+
+  # Where the stage starts: a full checkpoint of another stage (params, BatchNorm
+  # statistics, step, data position, RNG, and the optimiser state unless
+  # `start.optimizer=False`). `start.step`: -1 = that stage's latest checkpoint, k =
+  # its kept checkpoint or rewind point at step k.
+  c.start = ml_collections.ConfigDict()
+  c.start.workdir = ""
+  c.start.step = -1
+  c.start.optimizer = True
+
+  c.rewind_step = -1            # k >= 0: keep the full state at step k in <workdir>/rewind
+  c.stop_epochs = 0.0           # > 0: stop after this many epochs of the schedule
+
+  # A leading axis of S independent copies of the state, trained by one vmapped step;
+  # copy i reads its own data order (seed `data_seed(config.seed, i)`).
+  c.siblings = ml_collections.ConfigDict()
+  c.siblings.count = 0          # 0: no sibling axis
+  c.siblings.mesh_axis = 0      # > 0: spread the copies over this many devices
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"
@@ -110,13 +130,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   need(c.model.get("conv", "xla") in CONV_IMPLS, "model.conv", c.model.get("conv"),
        f"one of {CONV_IMPLS}")
-  need(c.train in TRAIN_KINDS, "train", c.train, f"one of {TRAIN_KINDS}")
+  need(isinstance(c.mask.program, str) and c.mask.program, "mask.program", c.mask.program,
+       "the name of a registered mask program")
   need(isinstance(c.sparsity, (int, float)) and 0.0 <= c.sparsity < 1.0, "sparsity",
        c.sparsity, "a number in [0, 1)")
   need(c.allocation in ALLOCATIONS, "allocation", c.allocation, f"one of {ALLOCATIONS}")
   need(c.mask.score_init in SCORE_INITS, "mask.score_init", c.mask.score_init,
        f"one of {SCORE_INITS}")
-  need(0.0 < c.mask.rate <= 1.0, "mask.rate", c.mask.rate, "a number in (0, 1]")
+  need(isinstance(c.mask.rate, (int, float)) and 0.0 < c.mask.rate <= 1.0, "mask.rate",
+       c.mask.rate, "a number in (0, 1]")
   need(c.mask.rate_schedule in RATE_SCHEDULES, "mask.rate_schedule",
        c.mask.rate_schedule, f"one of {RATE_SCHEDULES}")
   need(c.mask.rate_power > 0, "mask.rate_power", c.mask.rate_power, "a number > 0")
@@ -125,25 +147,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.num_epochs > 0 or c.num_steps > 0, "num_epochs", c.num_epochs,
        "> 0 (or num_steps > 0)")
   need(c.num_steps >= 0, "num_steps", c.num_steps, ">= 0")
+  need(c.stop_epochs >= 0, "stop_epochs", c.stop_epochs, ">= 0 (0 = train to the end)")
+  need(isinstance(c.rewind_step, int) and c.rewind_step >= -1, "rewind_step",
+       c.rewind_step, "an int >= 0, or -1 for none")
+  need(isinstance(c.start.step, int) and c.start.step >= -1, "start.step", c.start.step,
+       "an int >= 0, or -1 for the latest checkpoint")
+  need(isinstance(c.siblings.count, int) and c.siblings.count >= 0, "siblings.count",
+       c.siblings.count, "an int >= 0 (0 = no sibling axis)")
+  need(isinstance(c.siblings.mesh_axis, int) and c.siblings.mesh_axis >= 0,
+       "siblings.mesh_axis", c.siblings.mesh_axis, "an int >= 0")
+  if c.siblings.mesh_axis:
+    need(c.siblings.count > 0 and c.siblings.count % c.siblings.mesh_axis == 0,
+         "siblings.mesh_axis", c.siblings.mesh_axis,
+         f"a divisor of siblings.count={c.siblings.count}")
   need(c.finetune.num_epochs >= 0, "finetune.num_epochs", c.finetune.num_epochs, ">= 0")
   need(c.log_every_steps >= 1, "log_every_steps", c.log_every_steps, ">= 1")
   need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps",
        c.checkpoint_every_steps, ">= 1")
-  if c.mask.from_pretrained:
-    need(c.train == "weights", "mask.from_pretrained", True, "False unless train='weights'")
-    need(bool(c.pretrained), "pretrained", c.pretrained,
-         "a run's workdir when mask.from_pretrained=True")
-  elif c.train == "scores":
-    need(c.sparsity > 0, "sparsity", c.sparsity, "> 0 when train='scores' (a search)")
-    need(bool(c.pretrained) or c.search_random_weights, "pretrained", c.pretrained,
-         "the path of pretrained weights for a jackpot search (a run's workdir or a "
-         ".pt/.pth/.safetensors/.npz checkpoint); set --config.pretrained=PATH, or "
-         "--config.search_random_weights=True to search a randomly initialised network")
-  need(c.mask.update_rule in ("fixed", "swap"), "mask.update_rule", c.mask.update_rule,
-       "'fixed' or 'swap'")
-  if c.mask.update_rule == "swap":
-    need(c.train == "scores", "mask.update_rule", c.mask.update_rule,
-         "'fixed' unless train='scores'")
+  need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, ">= 1")
 
 
 def flatten(c: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:

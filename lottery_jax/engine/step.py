@@ -1,12 +1,13 @@
 """Step builders: one jitted train step for every mask program, one eval step.
 
 The train step never leaves the device: metrics come back as device arrays and
-the loop fetches them explicitly at log intervals.
+the loop fetches them explicitly at log intervals. With a sibling axis the same
+per-copy step is `jax.vmap`-ed over the leading axis of the state and the batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,74 +15,77 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lottery_jax import masks as mask_algebra
+from lottery_jax.engine.losses import cross_entropy
+from lottery_jax.engine.programs import Layout, MaskProgram
+from lottery_jax.engine.state import TrainState, effective_params
 from lottery_jax.models import conv as conv_lib
-from lottery_jax.search.swap import update_masks
-from lottery_jax.engine.state import Program, TrainState, effective_params
+
+DATA_AXIS = "data"
+SIBLING_AXIS = "sibling"
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
-
-
-def make_train_step(model, tx: optax.GradientTransformation, program: Program, *,
-                    searched, prune_counts, rate_fn: Callable | None = None,
-                    max_swaps: int | None = None, mesh: Mesh | None = None,
-                    conv_impl: str = "xla"):
+def make_train_step(model, tx: optax.GradientTransformation, program: MaskProgram,
+                    layout: Layout, *, mesh: Mesh | None = None, conv_impl: str = "xla",
+                    siblings: int = 0):
   """Returns `step(state, batch) -> (state, metrics)`, jitted.
 
   Args:
     model: a flax.linen module following the registry's conventions.
     tx: the optimiser for whatever trains.
     program: what trains and how masks change.
-    searched: pytree of Python bools, True on leaves that carry masks/scores.
-    prune_counts: pytree of Python ints (exact prune count per leaf).
-    rate_fn: `rate(step) -> float in (0, 1]` for the swap rule (short restriction).
-    max_swaps: optional cap on swaps per leaf per step.
-    mesh: if given, the state is replicated and the batch sharded on "data".
+    layout: which leaves are masked, their exact prune counts, the partition.
+    mesh: if given, the state is replicated (or split over a "sibling" axis) and
+      the batch sharded on "data".
     conv_impl: the convolution lowering the step is traced with (`config.model.conv`).
+    siblings: S > 0 vmaps the step over a leading axis of S copies of the state
+      and of the batch (`[S, batch, ...]`); 0 for a single copy.
   """
+  train_scores = program.train_scores
+  rule = program.update
+  treedef = jax.tree.structure(layout.prune_counts)
+  flags = treedef.flatten_up_to(layout.masked)
+  counts = treedef.flatten_up_to(layout.prune_counts)
+  idx = [i for i, f in enumerate(flags) if f]
+  partitioned = layout.partition is not None
+
   def loss_fn(trainable, state: TrainState, batch):
     params = trainable.get("params", state.params)
     scores = trainable.get("scores", state.scores)
-    eff = effective_params(params, scores, state.masks, searched,
-                           straight_through=program.train_scores)
+    eff = effective_params(params, scores, state.masks, layout.masked,
+                           straight_through=train_scores)
     logits, new_vars = model.apply(
         {"params": eff, "batch_stats": state.batch_stats}, batch["image"], train=True,
         mutable=["batch_stats"])
     loss = cross_entropy(logits, batch["label"]).mean()
     return loss, (logits, new_vars["batch_stats"])
 
-  treedef = jax.tree.structure(prune_counts)
-  flags = treedef.flatten_up_to(searched)
-  counts = treedef.flatten_up_to(prune_counts)
-  idx = [i for i, f in enumerate(flags) if f]
-
-  def _swap_searched(scores, masks, rate):
-    """The swap rule on the searched leaves only (others hold score placeholders)."""
+  def update_masks(scores, masks, partition, step):
+    """The program's rule on the masked leaves (others pass through, 0 changes)."""
     s_leaves, m_leaves = treedef.flatten_up_to(scores), treedef.flatten_up_to(masks)
-    new_masks, new_swaps = update_masks([s_leaves[i] for i in idx],
-                                        [m_leaves[i] for i in idx],
-                                        [counts[i] for i in idx], rate, max_swaps=max_swaps)
-    swaps = [jnp.zeros((), jnp.int32)] * len(flags)
+    p_leaves = treedef.flatten_up_to(partition)
+    new_masks, changes = rule.apply(
+        [s_leaves[i] for i in idx], [m_leaves[i] for i in idx], [counts[i] for i in idx],
+        [p_leaves[i] if partitioned else None for i in idx], step)
+    out = [jnp.zeros((), jnp.int32)] * len(flags)
     for j, i in enumerate(idx):
-      m_leaves[i], swaps[i] = new_masks[j], new_swaps[j].astype(jnp.int32)
-    return treedef.unflatten(m_leaves), treedef.unflatten(swaps)
+      m_leaves[i], out[i] = new_masks[j], changes[j].astype(jnp.int32)
+    return treedef.unflatten(m_leaves), treedef.unflatten(out)
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
-    trainable = state.trainable(program)
+    trainable = state.trainable(train_scores)
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable, state, batch)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
-    if program.train_weights:
+    if not train_scores:
       # Pruned weights must stay exactly zero: mask the updates, not only the forward.
       updates = {"params": mask_algebra.apply(updates["params"], state.masks)}
     trainable = optax.apply_updates(trainable, updates)
 
     masks = state.masks
-    swaps = jax.tree.map(lambda _: jnp.zeros((), jnp.int32), prune_counts)
-    if program.mask_update == "swap":
-      masks, swaps = _swap_searched(trainable["scores"], state.masks, rate_fn(state.step))
+    changes = jax.tree.map(lambda _: jnp.zeros((), jnp.int32), layout.prune_counts)
+    if rule.changes_masks and idx:
+      masks, changes = update_masks(trainable["scores"], state.masks, state.partition,
+                                    state.step)
 
     finite = jnp.isfinite(loss)
     bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
@@ -97,19 +101,22 @@ def make_train_step(model, tx: optax.GradientTransformation, program: Program, *
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        "swaps": swaps,
+        "swaps": changes,
     }
     return new_state, metrics
 
-  return _jit(_traced_with(step, conv_impl), mesh, donate=True)
+  fn = jax.vmap(step) if siblings else step
+  return _jit(_traced_with(fn, conv_impl), mesh, donate=True, siblings=siblings)
 
 
-def make_eval_step(model, *, searched, mesh: Mesh | None = None, conv_impl: str = "xla"):
+def make_eval_step(model, *, layout: Layout, mesh: Mesh | None = None,
+                   conv_impl: str = "xla", siblings: int = 0):
   """Returns `eval_step(state, batch) -> {"correct", "loss", "count"}` (sums over
-  the batch's valid entries; padding is masked out)."""
+  the batch's valid entries; padding is masked out). With siblings, each sum has a
+  leading axis of S (every copy sees the same batch)."""
 
   def eval_step(state: TrainState, batch):
-    eff = effective_params(state.params, state.scores, state.masks, searched,
+    eff = effective_params(state.params, state.scores, state.masks, layout.masked,
                            straight_through=False)
     logits = model.apply({"params": eff, "batch_stats": state.batch_stats},
                          batch["image"], train=False)
@@ -121,7 +128,15 @@ def make_eval_step(model, *, searched, mesh: Mesh | None = None, conv_impl: str 
         "count": jnp.sum(valid),
     }
 
-  return _jit(_traced_with(eval_step, conv_impl), mesh, donate=False)
+  fn = jax.vmap(eval_step, in_axes=(0, None)) if siblings else eval_step
+  return _jit(_traced_with(fn, conv_impl), mesh, donate=False, siblings=siblings)
+
+
+def state_sharding(mesh: Mesh, siblings: int) -> NamedSharding:
+  """Replicated, or split over the mesh's "sibling" axis when it has one."""
+  if siblings and SIBLING_AXIS in mesh.shape:
+    return NamedSharding(mesh, P(SIBLING_AXIS))
+  return NamedSharding(mesh, P())
 
 
 def _traced_with(fn, conv_impl: str):
@@ -133,10 +148,10 @@ def _traced_with(fn, conv_impl: str):
   return wrapped
 
 
-def _jit(fn, mesh: Mesh | None, donate: bool):
+def _jit(fn, mesh: Mesh | None, donate: bool, siblings: int):
   if mesh is None:
     return jax.jit(fn, donate_argnums=(0,) if donate else ())
-  replicated = NamedSharding(mesh, P())
-  # State in and out replicated; the batch keeps the sharding it arrives with.
-  out = (replicated, replicated) if donate else replicated
+  state = state_sharding(mesh, siblings)
+  # State in and out replicated (or split by sibling); the batch keeps its sharding.
+  out = (state, state) if donate else state
   return jax.jit(fn, donate_argnums=(0,) if donate else (), out_shardings=out)

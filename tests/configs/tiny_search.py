@@ -17,7 +17,7 @@ def get_config():
   c.data.eval_batch_size = 128
   c.data.max_train_examples = 256
   c.data.max_eval_examples = 200
-  c.train = "scores"
+  c.mask.program = "jackpot"
   c.sparsity = 0.9
   c.mask.update_rule = "swap"
   c.num_steps = 6

@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import sys
 from typing import Any
 
 import jax
@@ -52,33 +52,49 @@ def unflatten_dict(flat: dict[str, Any]) -> dict:
   return out
 
 
-def _plain(tree):
+def plain(tree):
   """Flax FrozenDicts and the like to plain nested dicts of NumPy arrays."""
   if hasattr(tree, "items"):
-    return {k: _plain(v) for k, v in tree.items()}
+    return {k: plain(v) for k, v in tree.items()}
   return np.asarray(jax.device_get(tree))
 
 
 # ---------------------------------------------------------------- export / load
-def export(workdir: str, run, state) -> None:
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON atomically (a temporary file renamed over `path`), so a
+  reader never sees half a file: `summary.json` marks a finished stage."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=False, default=float)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def export(workdir: str, *, model_name: str, model_kwargs: dict, state, masked,
+           train_scores: bool) -> None:
+  """Writes the finished state's weights, masks and scores (one copy, no sibling axis)."""
+  os.makedirs(workdir, exist_ok=True)
   with jax.transfer_guard("allow"):
-    params = _plain(mask_algebra.apply(state.params, state.masks))
-    batch_stats = _plain(state.batch_stats)
-    masks = _plain(state.masks)
-    scores = _plain(state.scores)
+    params = plain(mask_algebra.apply(state.params, state.masks))
+    batch_stats = plain(state.batch_stats)
+    masks = plain(state.masks)
+    scores = plain(state.scores)
   save_file(flatten_dict({"params": params, "batch_stats": batch_stats}),
             os.path.join(workdir, "variables.safetensors"))
   # The same sub-network in PyTorch layout and names (torchvision's for the
   # torchvision models), masks bit-packed beside it, for use outside JAX.
   from lottery_jax import convert
   convert.export_torch_state_dict(
-      {"params": params, "batch_stats": batch_stats}, run.config.model.name,
-      os.path.join(workdir, "torch_state_dict.safetensors"), masks=masks,
-      **run.config.model.kwargs.to_dict())
-  packed = _plain(mask_algebra.pack(masks))
+      {"params": params, "batch_stats": batch_stats}, model_name,
+      os.path.join(workdir, "torch_state_dict.safetensors"), masks=masks, **model_kwargs)
+  packed = plain(mask_algebra.pack(masks))
   save_file(flatten_dict(packed), os.path.join(workdir, "masks.safetensors"))
-  if run.program.train_scores:
-    searched = flatten_dict(_plain(run.space.searched))
+  if train_scores:
+    searched = flatten_dict(plain(masked))
     save_file({k: v for k, v in flatten_dict(scores).items() if bool(searched[k])},
               os.path.join(workdir, "scores.safetensors"))
 
@@ -97,7 +113,7 @@ def load_run(workdir: str) -> dict[str, Any]:
   variables = unflatten_dict(load_file(path))
   params = variables["params"]
   packed = unflatten_dict(load_file(os.path.join(workdir, "masks.safetensors")))
-  masks = _plain(mask_algebra.unpack(packed, params))
+  masks = plain(mask_algebra.unpack(packed, params))
   scores_path = os.path.join(workdir, "scores.safetensors")
   scores = unflatten_dict(load_file(scores_path)) if os.path.exists(scores_path) else {}
   return {"params": params, "batch_stats": variables.get("batch_stats", {}),
@@ -106,7 +122,7 @@ def load_run(workdir: str) -> dict[str, Any]:
 
 def check_like(loaded: dict, like: dict, source: str) -> None:
   """Raises CheckpointMismatchError listing missing, unexpected and mismatched keys."""
-  got, want = flatten_dict(_plain(loaded)), flatten_dict(_plain(like))
+  got, want = flatten_dict(plain(loaded)), flatten_dict(plain(like))
   missing = sorted(set(want) - set(got))
   unexpected = sorted(set(got) - set(want))
   mismatched = sorted(f"{k}: checkpoint {got[k].shape}, model {want[k].shape}"
@@ -146,113 +162,6 @@ def load_pretrained(path: str, model_name: str, num_classes: int, like: dict) ->
   variables.setdefault("batch_stats", {})
   check_like(variables, like, path)
   return jax.tree.map(lambda a, b: np.asarray(a, dtype=np.asarray(b).dtype),
-                      _plain(variables), _plain(like))
+                      plain(variables), plain(like))
 
 
-# ---------------------------------------------------------------- logging
-class MetricWriter:
-  """TensorBoard scalars (tensorboardX: no TensorFlow needed)."""
-
-  def __init__(self, workdir: str, enabled: bool = True):
-    self._writer = None
-    if enabled and jax.process_index() == 0:
-      from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, row: dict[str, Any]) -> None:
-    if self._writer is None:
-      return
-    for k, v in row.items():
-      if isinstance(v, (int, float, np.floating, np.integer)) and k != "step":
-        self._writer.add_scalar(k, float(v), step)
-    self._writer.flush()
-
-  def close(self):
-    if self._writer is not None:
-      self._writer.close()
-
-
-class _Progress:
-
-  def __init__(self, total, initial, enabled):
-    self._bar = None
-    if enabled and sys.stdout.isatty() and jax.process_index() == 0:
-      from tqdm import tqdm
-      self._bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
-    self._last = initial
-
-  @property
-  def active(self) -> bool:
-    return self._bar is not None
-
-  def update(self, step, row):
-    if self._bar is None:
-      return
-    self._bar.update(step - self._last)
-    self._last = step
-    self._bar.set_postfix(loss=f"{row['train/loss']:.4f}",
-                          acc=f"{row['train/accuracy']:.3f}")
-
-  def close(self):
-    if self._bar is not None:
-      self._bar.close()
-
-
-def progress_bar(total: int, initial: int, enabled: bool) -> _Progress:
-  return _Progress(total, initial, enabled)
-
-
-def log_row(step: int, fetched: dict, n: int, searched) -> dict[str, Any]:
-  row: dict[str, Any] = {"step": step, "train/loss": float(fetched["loss"]) / n,
-                         "train/accuracy": float(fetched["accuracy"]) / n}
-  swaps = flatten_dict(_plain(fetched["swaps"]))
-  flags = flatten_dict(_plain(searched))
-  total = 0.0
-  for k, v in swaps.items():
-    if bool(flags[k]):
-      row[f"swaps/{k}"] = float(v) / n   # mean swaps per step in this interval
-      total += float(v) / n
-  row["swaps/total"] = total
-  return row
-
-
-# ---------------------------------------------------------------- summary
-def summarize(run, state, *, initial_eval, final_eval, history, wall_time_s,
-              config_json) -> dict[str, Any]:
-  from lottery_jax.search import jackpot
-
-  with jax.transfer_guard("allow"):
-    masks = _plain(state.masks)
-    summ = mask_algebra.summary(masks)
-    flags = flatten_dict(_plain(run.space.searched))
-    per_layer = {k: float(1.0 - np.mean(v)) for k, v in flatten_dict(masks).items()
-                 if bool(flags[k])}
-    pruned = sum(int(np.size(v) - np.sum(v)) for k, v in flatten_dict(masks).items()
-                 if bool(flags[k]))
-    n_searched = sum(int(np.size(v)) for k, v in flatten_dict(masks).items()
-                     if bool(flags[k]))
-    out: dict[str, Any] = {
-        "final_eval": final_eval,
-        "initial_eval": initial_eval,
-        "steps": int(state.step),
-        "epochs": int(state.step) / run.data.steps_per_epoch,
-        "wall_time_s": wall_time_s,
-        "sparsity": {
-            "target": run.config.sparsity,
-            "of_pruned_layers": pruned / max(n_searched, 1),
-            "of_all_weights": summ.total_all.sparsity,
-            "per_layer": per_layer,
-        },
-        "history": history,
-        "config": config_json,
-    }
-    if run.program.train_scores and run.config.analysis.enabled:
-      # Saliency from training batches (shuffled, as SNIP does), never the test split.
-      train_batches = run.data.train_iter()
-      batches = [next(train_batches) for _ in range(int(run.config.analysis.saliency_batches))]
-      saliency = jackpot.saliency_scores(run.model, run.pretrained, batches,
-                                         run.space.searched)
-      out["mask_analysis"] = jackpot.mask_analysis(
-          masks, run.pretrained["params"], run.space, initial_masks=run.initial_masks,
-          key=run.mask_key, saliency=saliency)
-  return out

@@ -1,0 +1,79 @@
+"""What a run reports while it trains: TensorBoard scalars, a progress bar, log rows."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+from lottery_jax.engine.io import flatten_dict, plain
+
+
+class MetricWriter:
+  """TensorBoard scalars (tensorboardX: no TensorFlow needed)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self._writer = None
+    if enabled and jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, row: dict[str, Any]) -> None:
+    if self._writer is None:
+      return
+    for k, v in row.items():
+      if isinstance(v, (int, float, np.floating, np.integer)) and k != "step":
+        self._writer.add_scalar(k, float(v), step)
+    self._writer.flush()
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.close()
+
+
+class _Progress:
+
+  def __init__(self, total, initial, enabled):
+    self._bar = None
+    if enabled and sys.stdout.isatty() and jax.process_index() == 0:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
+    self._last = initial
+
+  @property
+  def active(self) -> bool:
+    return self._bar is not None
+
+  def update(self, step, row):
+    if self._bar is None:
+      return
+    self._bar.update(step - self._last)
+    self._last = step
+    self._bar.set_postfix(loss=f"{row['train/loss']:.4f}",
+                          acc=f"{row['train/accuracy']:.3f}")
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> _Progress:
+  return _Progress(total, initial, enabled)
+
+
+def log_row(step: int, fetched: dict, n: int, searched) -> dict[str, Any]:
+  row: dict[str, Any] = {"step": step, "train/loss": float(fetched["loss"]) / n,
+                         "train/accuracy": float(fetched["accuracy"]) / n}
+  swaps = flatten_dict(plain(fetched["swaps"]))
+  flags = flatten_dict(plain(searched))
+  total = 0.0
+  for k, v in swaps.items():
+    if bool(flags[k]):
+      row[f"swaps/{k}"] = float(v) / n   # mean swaps per step in this interval
+      total += float(v) / n
+  row["swaps/total"] = total
+  return row
+
+
