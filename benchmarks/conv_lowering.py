@@ -4,15 +4,18 @@
 
 For each model, one jitted training-mode gradient of the cross-entropy (forward,
 backward, BN statistics: the work of a training or search step without the optimizer)
-is compiled three times, with `conv.use_impl("xla")`, `conv.use_impl("torch")` and
-the default "auto" (PyTorch for convs with >= conv.TORCH_MIN_ROWS output rows), and
-the three are timed interleaved in one process (medians of --repeats, after one warm-up
-call each). The gradients of "torch" and "xla" are compared too: max |difference| over the
+is compiled three times: "xla" (`conv.use_impl("xla")`, the library's default), "torch"
+(`conv.use_impl("torch", min_rows=0)`: every conv in PyTorch) and "conv=torch"
+(`conv.use_impl("torch")`, what `--config.model.conv=torch` runs: PyTorch for convs with
+>= conv.TORCH_MIN_ROWS output rows and grouped convs, XLA for the others), and the three
+are timed interleaved in one process (medians of --repeats, after one warm-up call
+each). Needs a one-device process (the "torch" lowering refuses several devices). The gradients of "torch" and "xla" are compared too: max |difference| over the
 gradient tree / max |xla gradient|. These differences are float32 rounding, which
 grows with depth in training mode (BN); in float64 the two lowerings agree to 1e-12
 (tests/test_conv.py::test_torch_lowering_is_exact_in_float64_on_a_whole_model). This
-is the evidence behind `conv.DEFAULT_IMPL`: "auto" picks PyTorch's convolution on a
-one-device CPU process where it is installed only because it measures faster here.
+is the evidence behind `conv.TORCH_MIN_ROWS` (the size policy of the "torch" opt-in).
+Before the lowering became the config field `model.conv`, the third column was the
+library default "auto" on a one-device CPU; it is the same policy.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ def build(name: str, impl: str, batch: int, shape, classes: int):
                               mutable=["batch_stats"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
 
-  with conv.use_impl(impl):   # use_impl acts at trace time: compile inside the block
+  scope = {"xla": conv.use_impl("xla"), "torch": conv.use_impl("torch", min_rows=0),
+           "conv=torch": conv.use_impl("torch")}[impl]
+  with scope:   # use_impl acts at trace time: compile inside the block
     fn = jax.jit(jax.grad(loss, has_aux=True)).lower(params, batch_stats).compile()
   return lambda: fn(params, batch_stats)
 
@@ -68,14 +73,14 @@ def main(argv=None) -> None:
   if not conv.torch_available():
     sys.exit("error: this benchmark compares against PyTorch's convolution: pip install torch")
   print(f"jax {jax.__version__}, devices {jax.device_count()} ({jax.default_backend()}), "
-        f"cores {os.cpu_count()}, repeats {a.repeats} interleaved, DEFAULT_IMPL "
-        f"{conv.DEFAULT_IMPL!r}, auto -> {conv.resolve_impl()!r}")
-  print("| model | batch | input | xla ms | torch ms | auto ms | torch / xla | auto / xla "
-        "| grad max diff / max grad |")
+        f"cores {os.cpu_count()}, repeats {a.repeats} interleaved, TORCH_MIN_ROWS "
+        f"{conv.TORCH_MIN_ROWS}")
+  print("| model | batch | input | xla ms | torch ms | conv=torch ms | torch / xla "
+        "| conv=torch / xla | grad max diff / max grad |")
   print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
   for name in a.models.split(","):
     batch, shape, classes = CASES[name]
-    fns = {impl: build(name, impl, batch, shape, classes) for impl in ("xla", "torch", "auto")}
+    fns = {impl: build(name, impl, batch, shape, classes) for impl in ("xla", "torch", "conv=torch")}
     outs = {impl: jax.block_until_ready(fn()) for impl, fn in fns.items()}
     # Over the whole gradient tree: max |torch - xla| / max |xla| (per-leaf ratios are
     # noise for leaves whose gradient is zero in exact arithmetic, e.g. a conv bias
@@ -91,8 +96,8 @@ def main(argv=None) -> None:
         times[impl].append(time.perf_counter() - t0)
     med = {impl: 1e3 * statistics.median(ts) for impl, ts in times.items()}
     print(f"| {name} | {batch} | {'x'.join(map(str, shape))} | {med['xla']:.1f} | "
-          f"{med['torch']:.1f} | {med['auto']:.1f} | {med['torch'] / med['xla']:.2f} | "
-          f"{med['auto'] / med['xla']:.2f} | {diff:.1e} |", flush=True)
+          f"{med['torch']:.1f} | {med['conv=torch']:.1f} | {med['torch'] / med['xla']:.2f} | "
+          f"{med['conv=torch'] / med['xla']:.2f} | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

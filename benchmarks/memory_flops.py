@@ -14,10 +14,10 @@ Run:  python benchmarks/memory_flops.py [--batch 32] [--flops-batch 256] [--no-r
     and on 8 H100s at a stated model-FLOPs utilisation (see PROJECTION below).
 
 Both steps are built as the engine builds them (benchmarks/search_step.py: `Case`), with
-XLA's own convolutions (LOTTERY_JAX_CONV_IMPL=xla unless set otherwise): the analyses
-describe what XLA allocates and computes, as it does on an accelerator; the PyTorch
-convolutions that "auto" picks on a CPU are custom calls whose FLOPs and buffers XLA
-does not see.
+XLA's own convolutions (`config.model.conv = "xla"`, the library's default, set
+explicitly here): the analyses describe what XLA allocates and computes, as it does on
+an accelerator; the opt-in PyTorch convolutions (`--config.model.conv=torch`) are custom
+calls whose FLOPs and buffers XLA does not see.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-os.environ.setdefault("LOTTERY_JAX_CONV_IMPL", "xla")   # before any step is traced
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from search_step import Case  # noqa: E402
@@ -118,7 +117,7 @@ def status(key):
   for line in open('/proc/self/status'):
     if line.startswith(key):
       return int(line.split()[1]) * 1024
-case = Case({model!r}, {batch}, {classes}, {wd})
+case = Case({model!r}, {batch}, {classes}, {wd}, conv="xla")
 v = {variant!r}
 for other in list(case.states):
   if other != v:
@@ -168,7 +167,7 @@ def main(argv=None):
   ap.add_argument("--json", default="")
   args = ap.parse_args(argv)
   model, classes, wd = MODEL
-  case = Case(model, args.batch, classes, wd)
+  case = Case(model, args.batch, classes, wd, conv="xla")   # XLA's convolutions: see above
   report = {"searched_weights": case.searched_total}
   mb = 1e6
   print(f"{model}: {case.searched_total / 1e6:.2f}M searched weights\n")

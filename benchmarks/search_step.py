@@ -24,9 +24,14 @@ and, on the same model's search state, two parts timed alone:
 search - search_fixed is the swap rule's share inside the step; search_fixed -
 dense is what the STE and the score optimiser add (or save: the search step has
 no weight update). With `--hlo` it also prints XLA's cost analysis of the
-compiled steps (flops, bytes accessed) and the largest extra ops (with
-LOTTERY_JAX_CONV_IMPL=xla: PyTorch's convolutions, the CPU default, are custom calls
-that the cost analysis does not count).
+compiled steps (flops, bytes accessed) and the largest extra ops.
+
+`--conv` picks the convolution lowering the runs are built with, through
+`config.model.conv` as any run: "xla" (default, the library's default) or "torch"
+(PyTorch's convolutions, an opt-in for one-device CPU processes; custom calls that
+`--hlo`'s cost analysis does not count). Before the lowering became a config field this
+script ran with whatever the environment picked (PyTorch's convolutions on a one-device
+CPU with PyTorch installed); pass `--conv torch` to reproduce those figures.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ class Case:
 
   def __init__(self, model_name: str, batch_size: int, num_classes: int,
                weight_decay: float, sparsity: float = 0.9, seed: int = 0,
-               total_steps: int = 10_000):
+               total_steps: int = 10_000, conv: str = "xla"):
     spec = models.spec(model_name)
     _SYNTHETIC.update(shape=tuple(spec.input_shape), classes=num_classes,
                       examples=2 * batch_size)
@@ -88,6 +93,7 @@ class Case:
       c = base_config()
       c.seed = seed
       c.model.name = model_name
+      c.model.conv = conv   # the convolution lowering, as `--config.model.conv`
       c.data.name = "_bench_synthetic"
       c.data.batch_size = batch_size
       c.train, c.sparsity, c.mask.update_rule = train, sparsity, update_rule
@@ -239,20 +245,20 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--hlo", action="store_true")
+  p.add_argument("--conv", default="xla", choices=["xla", "torch"],
+                 help="convolution lowering (config.model.conv); torch needs one device")
   p.add_argument("--no-parts", action="store_true")
   p.add_argument("--variants", default="dense,search,search_fixed",
                  help="comma-separated subset of dense,search,search_fixed")
   args = p.parse_args(argv)
-  from lottery_jax.models import conv  # pylint: disable=import-outside-toplevel
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} CPUs visible, conv lowering {conv.resolve_impl()!r} "
-        f"(small convs: {conv.resolve_impl(rows=1)!r})")
-  if args.hlo and conv.resolve_impl() == "torch":
+        f"{os.cpu_count()} CPUs visible, conv lowering {args.conv!r} (config.model.conv)")
+  if args.hlo and args.conv == "torch":
     print("  note: --hlo's cost analysis does not see PyTorch's convolutions (custom calls); "
-          "run with LOTTERY_JAX_CONV_IMPL=xla for XLA's full count")
+          "use --conv xla for XLA's full count")
   for name in (CASES if args.case == "all" else [args.case]):
     model, batch, classes, wd = CASES[name]
-    case = Case(model, batch, classes, wd)
+    case = Case(model, batch, classes, wd, conv=args.conv)
     print(f"\n{model}, batch {batch}: {case.searched_total / 1e6:.2f}M searched weights, "
           f"{case.prune_total / 1e6:.2f}M pruned")
     if args.hlo:

@@ -1,6 +1,6 @@
 """The wide ResNet-32 of the jackpot reference, PyTorch (CPU) against lottery_jax.
 
-Run:  python benchmarks/vs_pytorch.py [--repeats 5] [--batch 128] [--impls xla,auto]
+Run:  python benchmarks/vs_pytorch.py [--repeats 5] [--batch 128] [--impls xla,torch]
 
 Builds the same network twice, the reference's `models/resnet_cifar.py` in plain
 `torch.nn` (state-dict names as the jackpot repo, as the twin in
@@ -16,7 +16,12 @@ same weights, and times in one process, interleaved round by round (medians):
   scores), built as `engine.loop.build` does;
 * jax[impl]/fwd:    forward only (train-mode BN);
 
-for every convolution lowering in `--impls` (see lottery_jax/models/conv.py).
+for every convolution lowering in `--impls` (see lottery_jax/models/conv.py), each
+traced inside `conv.use_impl(impl)` as the engine traces its steps under
+`config.model.conv`: "xla" is the library's default, "torch" the opt-in
+`--config.model.conv=torch` (PyTorch for large and grouped convs, XLA for small ones;
+one-device processes only). Before the lowering became a config field, "auto" meant
+"torch" on a one-device CPU with PyTorch installed; it now means "xla".
 Both frameworks get the same number of threads: torch.set_num_threads(T) and
 XLA's CPU client sized by the cores it sees (T = os.cpu_count() unless
 --threads; XLA cannot be told fewer than the visible cores from Python, so
@@ -109,10 +114,10 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--warmup", type=int, default=1)
   ap.add_argument("--threads", type=int, default=os.cpu_count())
-  ap.add_argument("--impls", default="xla,auto",
-                  help=f"comma-separated conv lowerings among {conv.IMPLS} or 'auto' (the "
-                  "default of the library: PyTorch's convolution for large convs where "
-                  "PyTorch is installed, see lottery_jax/models/conv.py)")
+  ap.add_argument("--impls", default="xla,torch",
+                  help=f"comma-separated conv lowerings among {conv.IMPLS}, each traced "
+                  "inside conv.use_impl (xla: the library's default; torch: the opt-in "
+                  "--config.model.conv=torch, see lottery_jax/models/conv.py)")
   ap.add_argument("--sparsity", type=float, default=0.9)
   args = ap.parse_args(argv)
 
@@ -181,8 +186,7 @@ def main(argv=None):
   med = {name: median_ms(ts) for name, ts in times.items()}
   print(f"jax {jax.__version__}, torch {torch.__version__}, batch {args.batch}, "
         f"torch threads {torch.get_num_threads()}, visible cores {os.cpu_count()}, "
-        f"repeats {args.repeats} (interleaved), backend {jax.default_backend()}, "
-        f"conv DEFAULT_IMPL {conv.DEFAULT_IMPL!r}")
+        f"repeats {args.repeats} (interleaved), backend {jax.default_backend()}")
   print(f"{'case':24s} {'median ms':>10s} {'min ms':>9s} {'x torch/train':>14s}  first call s")
   for name in cases:
     print(f"{name:24s} {med[name]:10.0f} {1e3 * min(times[name]):9.0f} "

@@ -1,5 +1,7 @@
 """The CPU conv lowerings equal `lax.conv_general_dilated` (forward and both gradients)."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -80,15 +82,46 @@ def test_unsupported_cases_fall_back_to_xla():
   np.testing.assert_array_equal(got, want)
 
 
-def test_impl_resolution():
-  assert conv.resolve_impl("xla") == "xla"
-  with conv.use_impl("patches"):
-    assert conv.resolve_impl() == "patches"
-  # The test session has 8 simulated devices: "auto" is XLA's convolution there
-  # (test_auto_picks_torch_only_where_it_measured_faster covers one device).
+def test_auto_is_xla_unless_use_impl_says_otherwise(monkeypatch):
   assert conv.resolve_impl() == "xla"
+  assert conv.resolve_impl(rows=10**6, groups=4) == "xla"
+  # The environment variable that used to pick the lowering is not read any more.
+  monkeypatch.setenv("LOTTERY_JAX_CONV_IMPL", "torch")
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)   # even where torch could run
+  assert conv.resolve_impl(rows=10**6) == "xla"
+  assert not hasattr(conv, "ENV_VAR")
+  assert conv.resolve_impl("xla") == "xla"
   with pytest.raises(ValueError, match="conv impl"):
     conv.resolve_impl("im2col")
+
+
+def test_use_impl_scope():
+  with conv.use_impl("patches"):
+    assert conv.resolve_impl() == "patches"
+    assert conv.resolve_impl("xla") == "xla"           # an explicit impl wins
+    with conv.use_impl("taps"):
+      assert conv.resolve_impl() == "taps"
+    with conv.use_impl("auto"):                         # a no-op
+      assert conv.resolve_impl() == "patches"
+    assert conv.resolve_impl() == "patches"
+  assert conv.resolve_impl() == "xla"
+  with pytest.raises(KeyError):
+    with conv.use_impl("barrier"):
+      raise KeyError("inside the block")
+  assert conv.resolve_impl() == "xla"                   # restored after an exception
+  with pytest.raises(ValueError, match="conv impl"):
+    with conv.use_impl("im2col"):
+      pass
+  # The lowering is fixed when a function is traced, not when it runs: jit's trace cache
+  # keeps it (so trace inside the block, as the engine's `_traced_with` does).
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  f = lambda x, w: conv.conv_general_dilated(  # noqa: E731
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  g = lambda x, w: f(x, w)  # noqa: E731
+  with conv.use_impl("patches"):
+    assert "convolution(" not in jax.jit(f).lower(x, w).as_text()
+  assert "convolution(" not in jax.jit(f).lower(x, w).as_text()   # cached trace
+  assert "convolution(" in jax.jit(g).lower(x, w).as_text()       # fresh trace: XLA's
 
 
 @pytest.mark.parametrize("impl", ["patches", "taps", "barrier"])
@@ -113,7 +146,45 @@ def test_model_param_tree_and_output_do_not_depend_on_impl(impl):
 
 # --- "torch": PyTorch's convolution as XLA:CPU custom calls ---------------------------
 
+def test_explicit_torch_refuses_to_run_where_it_cannot(monkeypatch):
+  # Never a silent fallback to XLA: a clear error at trace time, with the fix.
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  f = jax.jit(lambda x, w: conv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), impl="torch"))
+  # The test session has 8 (simulated) devices: a sharded step would gather operands.
+  assert jax.device_count() > 1
+  with pytest.raises(ValueError, match="one-device process.*--config.model.conv=xla"):
+    f.lower(x, w)
+  with pytest.raises(ValueError, match="one-device process"):
+    with conv.use_impl("torch"):
+      pass
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(ValueError, match="CPU backend only.*--config.model.conv=xla"):
+    conv.resolve_impl("torch")
+  with pytest.raises(ValueError, match="CPU backend only"):
+    with conv.use_impl("torch"):
+      pass
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  monkeypatch.setattr(conv, "torch_available", lambda: False)   # PyTorch not installed
+  with pytest.raises(ImportError, match="pip install torch"):
+    conv.resolve_impl("torch")
+  with pytest.raises(ImportError, match="pip install torch"):
+    f.lower(x + 1, w)
+
+
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+  """The "torch" lowering refuses processes with several devices. These tests run
+  unsharded jits on the first of the session's 8 simulated devices, exactly as a
+  one-device process does, so they present a device count of 1."""
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  yield
+  conv._host_errors.clear()
+
 
 TORCH_CASES = CASES + [
     # (n, h, w, c, o, k, stride, padding, dilation, groups)
@@ -135,6 +206,7 @@ def _case(case):
   return x, w, kwargs
 
 
+@pytest.mark.usefixtures("one_device")
 @pytest.mark.parametrize("case", TORCH_CASES, ids=[f"case{i}" for i in range(len(TORCH_CASES))])
 def test_torch_forward_and_gradients_match_lax(case):
   x, w, kwargs = _case(case)
@@ -150,6 +222,112 @@ def test_torch_forward_and_gradients_match_lax(case):
   assert "lottery_jax_torch_conv2d_bwd" in hlo and "convolution(" not in hlo
 
 
+# --- precision: both lowerings must compute float32 convs in IEEE float32 -------------
+#
+# Normwise relative error against float64 of a float32 conv whose dot products have
+# length K: rounding each partial sum (relative 2^-24 each, random signs) gives
+# ~ 2^-24 * sqrt(K / 2) for recursive summation, less for blocked or pairwise sums:
+# 1.0e-6 for the forward and input gradient (K = 3*3*64 = 576), 1.9e-6 for the weight
+# gradient (K = N*Ho*Wo = 2048); measured 2e-7 to 4e-7 for both lowerings on an
+# AVX-512 Xeon. FLOAT32_CONV_RTOL = 2e-5 leaves a decade over the estimate. Operands
+# rounded to bfloat16 (8 significand bits: relative error up to 2^-9 each) give ~2e-3
+# whatever the summation (measured 2.3e-3), TF32 (11 bits) ~3e-4: both an order of
+# magnitude or more outside (test_float32_tolerance_rejects_bfloat16_operands).
+FLOAT32_CONV_RTOL = 2e-5
+PREC_CASE = dict(x=(8, 16, 16, 64), w=(3, 3, 64, 64))   # K = 576, 2048 output rows
+
+
+def _prec_operands():
+  kx, kw, kg = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(kx, PREC_CASE["x"], jnp.float32)
+  w = jax.random.normal(kw, PREC_CASE["w"], jnp.float32) / 24.0
+  g = jax.random.normal(kg, PREC_CASE["x"][:3] + PREC_CASE["w"][3:], jnp.float32)
+  return x, w, g
+
+
+def _conv_vjp(fn, x, w, g):
+  y, vjp = jax.vjp(fn, x, w)
+  return (y, *vjp(g))
+
+
+def _lax_conv(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _float64_reference(x, w, g):
+  with jax.enable_x64(True):
+    return [np.asarray(a) for a in _conv_vjp(
+        _lax_conv, *(jnp.asarray(np.asarray(a), jnp.float64) for a in (x, w, g)))]
+
+
+def _normwise_errors(got, want):
+  return [float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+          for a, b in zip(got, want)]
+
+
+def _bf16(a):
+  return jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.usefixtures("one_device")
+@pytest.mark.parametrize("impl", ["xla", "torch"])
+def test_float32_convs_are_ieee_float32(impl):
+  # Either side in reduced precision (oneDNN with AMX/bf16 fp-math under PyTorch, or
+  # an XLA:CPU kernel that downcasts) would fail this, on whatever CPU it runs.
+  x, w, g = _prec_operands()
+  fn = jax.jit(lambda x, w: conv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), impl=impl))
+  errs = _normwise_errors(_conv_vjp(fn, x, w, g), _float64_reference(x, w, g))
+  assert max(errs) < FLOAT32_CONV_RTOL, errs
+
+
+@pytest.mark.usefixtures("one_device")
+def test_float32_tolerance_rejects_bfloat16_operands(monkeypatch):
+  np.asarray(_failing_conv_fn()(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))))  # registered
+  x, w, g = _prec_operands()
+  want = _float64_reference(x, w, g)
+  # A conv that rounds its operands to bfloat16 and accumulates exactly (float64).
+  simulated = _normwise_errors(_float64_reference(_bf16(x), _bf16(w), _bf16(g)), want)
+  assert min(simulated) > 20 * FLOAT32_CONV_RTOL, simulated
+  # The same through the real torch lowering, with PyTorch's convs made to round their
+  # operands to bfloat16 (what oneDNN's BF16 fp-math mode does on AMX): caught too.
+  conv_, conv_bwd = torch.ops.aten.convolution, torch.ops.aten.convolution_backward
+  def r(t):   # like oneDNN's fp-math mode: float32 operands only
+    return t.to(torch.bfloat16).to(t.dtype) if t.dtype == torch.float32 else t
+  monkeypatch.setattr(torch.ops.aten, "convolution",
+                      lambda x, w, *a: conv_(r(x), r(w), *a))
+  monkeypatch.setattr(torch.ops.aten, "convolution_backward",
+                      lambda g, x, w, *a: conv_bwd(r(g), r(x), r(w), *a))
+  fn = jax.jit(lambda x, w: conv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), impl="torch"))
+  errs = _normwise_errors(_conv_vjp(fn, x, w, g), want)
+  assert min(errs) > 20 * FLOAT32_CONV_RTOL, errs
+  # ...and by the probe that guards registration, which then refuses.
+  assert conv._probe_error(torch) > conv._IEEE_PROBE_TOL
+  monkeypatch.setattr(conv, "_ieee_checked", [])
+  with pytest.raises(conv.ConvolutionError, match="not IEEE float32"):
+    conv.force_ieee_float32()
+
+
+def test_torch_precision_is_forced_and_checked(monkeypatch):
+  err = conv.force_ieee_float32()
+  assert err < conv._IEEE_PROBE_TOL
+  assert torch.backends.mkldnn.conv.fp32_precision == "ieee"
+  assert os.environ["ONEDNN_DEFAULT_FPMATH_MODE"] == "STRICT"
+  # Where the probe still sees reduced precision, registration refuses with the fix.
+  monkeypatch.setattr(conv, "_ieee_checked", [])
+  monkeypatch.setattr(conv, "_probe_error", lambda torch: 3.1e-3)
+  with pytest.raises(conv.ConvolutionError, match="not IEEE float32.*ONEDNN_DEFAULT_FPMATH_MODE"):
+    conv.force_ieee_float32()
+  monkeypatch.setattr(conv, "_callbacks", {})
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  with pytest.raises(conv.ConvolutionError, match=r"forward conv x\(1, 5, 5, 2\).*not IEEE"):
+    jax.jit(lambda x, w: conv.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), impl="torch")
+            ).lower(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)))
+
+
+@pytest.mark.usefixtures("one_device")
 def test_torch_lowering_is_exact_in_float64_on_a_whole_model():
   # float32 rounding differs between oneDNN and XLA; in float64 the two must agree
   # to rounding: a training-mode gradient of a CIFAR ResNet through BN.
@@ -164,7 +342,7 @@ def test_torch_lowering_is_exact_in_float64_on_a_whole_model():
         out, _ = model.apply({**variables, "params": params}, x, train=True,
                              mutable=["batch_stats"])
         return jnp.sum(jnp.sin(out))
-      with conv.use_impl(impl):
+      with conv.use_impl(impl, min_rows=0):   # every conv, however small
         fn = jax.jit(jax.grad(loss)).lower(variables["params"])
       assert ("lottery_jax_torch_conv2d_bwd" in fn.as_text()) == (impl == "torch")
       return fn.compile()(variables["params"])
@@ -176,6 +354,7 @@ def test_torch_lowering_is_exact_in_float64_on_a_whole_model():
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * scale)
 
 
+@pytest.mark.usefixtures("one_device")
 def test_torch_lowering_under_vmap():
   xs = jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 4))
   ws = jax.random.normal(jax.random.key(1), (3, 3, 3, 4, 5))
@@ -192,72 +371,86 @@ def test_torch_lowering_under_vmap():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_torch_lowering_on_sharded_operands():
-  # Explicit "torch" with a batch sharded over the 8 simulated devices: XLA runs the
-  # custom call on the gathered operands; the result must still be right.
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  x = jax.device_put(jax.random.normal(jax.random.key(0), (len(jax.devices()), 6, 6, 3)),
-                     NamedSharding(mesh, P("data")))
-  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
-  dn = ("NHWC", "HWIO", "NHWC")
-  loss = lambda impl: jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(  # noqa: E731
-      conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, impl=impl))),
-      argnums=(0, 1)))
-  (v1, g1), (v0, g0) = loss("torch")(x, w), loss("xla")(x, w)
-  np.testing.assert_allclose(v1, v0, rtol=1e-5)
-  for a, b in zip(g1, g0):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_auto_picks_torch_only_where_it_measured_faster(monkeypatch):
-  monkeypatch.delenv(conv.ENV_VAR, raising=False)
-  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+@pytest.mark.usefixtures("one_device")
+def test_use_impl_torch_keeps_small_convs_on_xla():
   big, small = conv.TORCH_MIN_ROWS, conv.TORCH_MIN_ROWS - 1
-  assert conv.resolve_impl(rows=big) == "torch"
-  assert conv.resolve_impl(rows=small) == "xla"
-  assert conv.resolve_impl(rows=small, groups=4) == "torch"   # depthwise
-  monkeypatch.setattr(jax, "device_count", lambda *a: 8)
-  assert conv.resolve_impl(rows=big) == "xla"                 # sharded processes
-  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
-  monkeypatch.setenv(conv.ENV_VAR, "xla")
+  with conv.use_impl("torch"):
+    assert conv.resolve_impl(rows=big) == "torch"
+    assert conv.resolve_impl(rows=None) == "torch"           # size unknown: counted large
+    assert conv.resolve_impl(rows=small) == "xla"
+    assert conv.resolve_impl(rows=small, groups=4) == "torch"   # depthwise
+    assert conv.resolve_impl("torch", rows=small) == "torch"    # explicit: every conv
+  with conv.use_impl("torch", min_rows=0):
+    assert conv.resolve_impl(rows=1) == "torch"
+  with conv.use_impl("patches"):
+    assert conv.resolve_impl(rows=1) == "patches"            # the policy is torch's only
   assert conv.resolve_impl(rows=big) == "xla"
-  monkeypatch.setenv(conv.ENV_VAR, "im2col")
-  with pytest.raises(ValueError, match=conv.ENV_VAR):
-    conv.resolve_impl()
-  monkeypatch.delenv(conv.ENV_VAR)
-  monkeypatch.setattr(conv, "torch_available", lambda: False)
-  assert conv.resolve_impl(rows=big) == "xla"                 # PyTorch not installed
-  with pytest.raises(ImportError, match="pip install torch"):
-    conv.resolve_impl("torch")
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert conv.resolve_impl(rows=big) == "xla"
-  with pytest.raises(ValueError, match="CPU backend only"):
-    conv.resolve_impl("torch")
 
 
-def test_auto_resolves_per_conv_inside_a_model(monkeypatch):
-  # A one-device process: the 32x32 convs of a CIFAR ResNet at batch 8 have 8192
-  # output rows (PyTorch), the 8x8 ones of the last stage 512 (XLA).
-  monkeypatch.delenv(conv.ENV_VAR, raising=False)
-  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+@pytest.mark.usefixtures("one_device")
+def test_use_impl_torch_resolves_per_conv_inside_a_model():
+  # The 32x32 convs of a CIFAR ResNet at batch 8 have 8192 output rows (PyTorch), the
+  # 8x8 ones of the last stage 512 (XLA); outside use_impl everything is XLA's.
   model = models.get("cifar_resnet20", num_classes=10)
   x = jnp.zeros((8, 32, 32, 3))
   variables = model.init(jax.random.key(0), x, train=False)
-  hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).as_text()
+  apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  with conv.use_impl("torch"):
+    hlo = jax.jit(apply).lower(variables, x).as_text()
   assert "lottery_jax_torch_conv2d_fwd" in hlo and "convolution(" in hlo
+  outside = lambda v, x: apply(v, x)  # noqa: E731  (a fresh trace: jit caches by function)
+  assert "lottery_jax_torch_conv2d" not in jax.jit(outside).lower(variables, x).as_text()
 
 
-def test_a_failing_torch_call_poisons_its_outputs_with_nan(monkeypatch, caplog):
-  # A C callback cannot raise into XLA: the failure is logged and the outputs are NaN,
-  # which the training loop's finiteness check stops on.
+def _failing_conv_fn():
+  return jax.jit(lambda x, w: conv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), impl="torch"))
+
+
+@pytest.mark.usefixtures("one_device")
+def test_a_failing_torch_call_fails_the_computation_and_is_raised(monkeypatch, caplog):
+  # An exception inside the host callback makes the FFI handler return an error: the
+  # jitted call raises with the conv's description, no (NaN) output ever comes back;
+  # raise_pending_errors() then raises ConvolutionError with the original exception.
   def broken(*args, **kwargs):
     raise RuntimeError("simulated oneDNN failure")
   monkeypatch.setattr(torch.ops.aten, "convolution", broken)
-  x = jnp.ones((1, 4, 4, 2))
-  w = jnp.ones((3, 3, 2, 2))
-  y = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                impl="torch")
-  assert np.isnan(np.asarray(y)).all()
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  with pytest.raises(Exception, match=r"forward conv x\(1, 4, 4, 2\).*simulated oneDNN") as info:
+    np.asarray(_failing_conv_fn()(x, w))
+  assert not isinstance(info.value, conv.ConvolutionError)   # XLA's own runtime error
   assert "simulated oneDNN failure" in caplog.text
-  assert isinstance(conv._host_errors[-1], RuntimeError)
+  with pytest.raises(conv.ConvolutionError,
+                     match=r"forward conv x\(1, 4, 4, 2\) w\(3, 3, 2, 2\).*strides \(1, 1\), "
+                           r"padding \(1, 1\).*RuntimeError: simulated oneDNN failure") as info:
+    conv.raise_pending_errors()
+  assert isinstance(info.value, RuntimeError)
+  assert isinstance(info.value.__cause__, RuntimeError)
+  conv.raise_pending_errors()   # the record is cleared: nothing left to raise
+  monkeypatch.undo()
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  np.testing.assert_allclose(_failing_conv_fn()(x, w), _lax_conv(x, w), rtol=1e-6)  # recovers
+
+
+@pytest.mark.usefixtures("one_device")
+def test_a_failing_torch_gradient_is_raised(monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError("simulated backward failure")
+  monkeypatch.setattr(torch.ops.aten, "convolution_backward", broken)
+  x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 3))
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(_failing_conv_fn()(x, w)), argnums=1))
+  with pytest.raises(Exception, match=r"backward conv x\(1, 6, 6, 2\).*simulated backward"):
+    np.asarray(grad(x, w))
+  with pytest.raises(conv.ConvolutionError, match="backward conv.*simulated backward failure"):
+    conv.raise_pending_errors()
+
+
+@pytest.mark.usefixtures("one_device")
+def test_a_failing_registration_names_the_conv(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise RuntimeError("no FFI here")
+  monkeypatch.setattr(conv, "_callbacks", {})
+  monkeypatch.setattr(jax.ffi, "register_ffi_target", refuse)
+  with pytest.raises(conv.ConvolutionError,
+                     match=r"could not register.*forward conv x\(1, 7, 7, 2\).*no FFI here"):
+    _failing_conv_fn().lower(jnp.ones((1, 7, 7, 2)), jnp.ones((3, 3, 2, 2)))

@@ -16,12 +16,49 @@ Every model conv goes through `conv_general_dilated` (plugged into
 * "barrier": XLA's forward and both gradient convs, with only the residual input
   read through an optimisation barrier (stops the recomputation described below).
 
-"auto" (the default of every model) means: on the CPU backend, in a one-device
-process where PyTorch is installed, "torch" for grouped convolutions and for
-those with at least `TORCH_MIN_ROWS` output rows (N * Ho * Wo), "xla" for smaller
-ones; "xla" on every other backend and whenever PyTorch is missing or several
-devices share the computation (the custom call would run on gathered operands).
-The environment variable LOTTERY_JAX_CONV_IMPL=<impl> (or `use_impl`) overrides it.
+"auto" (every model's default) is "xla" unless the conv is traced inside
+`use_impl(impl)`: the engine traces its train and eval steps inside
+`use_impl(config.model.conv)` (`config.model.conv` in {"xla", "torch"}, default "xla",
+recorded in the run's config.json), so the lowering is part of the run's config and
+nothing in the environment changes it. Inside `use_impl("torch")` dense convs with
+fewer than `TORCH_MIN_ROWS` output rows (N * Ho * Wo) stay on XLA, where they are as
+fast or faster (below); grouped convs always go to PyTorch. Explicit "torch" (per call,
+or through `use_impl`) raises at trace time where it cannot run as asked: on a non-CPU
+backend (ValueError), in a process with several devices (ValueError: XLA cannot
+partition a custom call, so a sharded step would gather every conv's operands and run
+the whole conv on every device), without PyTorch (ImportError).
+
+"torch" and errors. The convolutions run as XLA:CPU typed-FFI custom calls (api_version
+4) whose handler is a ctypes callback into Python. A failure to register them raises
+`ConvolutionError` naming the conv being traced. An exception inside the callback is
+recorded with the conv's description (kind, shapes, strides, padding, dilation, groups)
+and the handler returns an XLA FFI error, so the computation fails (jax raises
+`JaxRuntimeError` carrying that description when its result is read) and no output is
+ever a quiet NaN; `raise_pending_errors()` then raises `ConvolutionError` naming the
+first failed conv with the original exception chained, and clears the record (meant
+for every metrics fetch, before any non-finite-loss check). Legacy (api_version < 4) custom calls,
+which this used before, cannot report an error from a Python callback (XLA's status
+API is not exported by jaxlib) and XLA plans to remove them.
+
+"torch" and precision. Float32 convs must be IEEE float32 on both sides, or the
+lowerings disagree by bfloat16's precision, 2^-8 ~ 0.4% (what a two-step test run saw on
+a Xeon with AMX: loss 1.01378 vs 1.01795). oneDNN, under PyTorch, computes float32
+convolutions with bfloat16 (AMX, AVX512-BF16) or TF32 operands whenever its fp-math mode
+allows: PyTorch sets that mode for a conv when `torch.backends.mkldnn.conv.fp32_precision`
+(or the generic "all" setting it inherits) is "bf16"/"tf32" (aten/src/ATen/native/mkldnn/
+Conv.cpp, `mkldnn_conv_enabled_fpmath_mode_bf16`), and otherwise leaves oneDNN's default,
+which is read once from $ONEDNN_DEFAULT_FPMATH_MODE / $DNNL_DEFAULT_FPMATH_MODE (STRICT
+unless set; BF16 or ANY allow bfloat16 on AMX). So before registering the custom calls
+`force_ieee_float32()` sets PyTorch's conv precision to "ieee" and
+ONEDNN_DEFAULT_FPMATH_MODE=STRICT, then measures a probe conv (forward and both
+gradients, big enough for oneDNN's AMX/AVX-512 kernels) against float64 and refuses
+(`ConvolutionError`, with the fix) unless its relative error is float32's. XLA's side:
+this jaxlib's convolutions and dots run in YNNPACK fusions whose float32 dot kernels
+take float32 operands (xla/backends/cpu/ynn_emitter.cc defines f32 dots, no precision
+downcast; `--xla_cpu_enable_platform_dependent_math`, on by default, only allows
+kernels whose rounding order differs between CPUs); `tests/test_conv.py` checks both
+lowerings against float64 with a tolerance a bfloat16-precision conv fails, so a
+reduced-precision XLA on some CPU would be caught too.
 
 Why: XLA:CPU's convolutions, above all their backward pass, are 2-4x slower than
 oneDNN's (profile of the wide ResNet-32 training step: convolutions ~47%, weight-
@@ -32,10 +69,10 @@ the BN/ReLU/residual chain). Measured (BENCHMARKS.md "Against PyTorch (CPU)",
 the time of "xla" for the wide ResNet-32 (batch 128), 0.67x for ResNet-20, 0.25x for
 MobileNetV2, but 1.04x for ResNet-50 at 128 px, batch 8, and 1.4-2.7x (three runs)
 for the tiny digits CNN: small convs, above all few output rows with deep channels,
-are faster in XLA, which is what `TORCH_MIN_ROWS` keeps there. "auto" measured at
-or under the better of the two for every model. "patches" is 2-4x slower than
-"xla" per conv (XLA:CPU builds the im2col slowly); "taps" and "barrier" are within
-a few percent of "xla".
+are faster in XLA, which is what `TORCH_MIN_ROWS` keeps there: `use_impl("torch")`,
+with that size policy, measured at or under the better of the two for every model.
+"patches" is 2-4x slower than "xla" per conv (XLA:CPU builds the im2col slowly);
+"taps" and "barrier" are within a few percent of "xla".
 """
 
 from __future__ import annotations
@@ -53,14 +90,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# What "auto" prefers on the CPU backend (other backends always use XLA's), and the
-# smallest dense conv (output rows N * Ho * Wo) it hands to PyTorch: below this the
-# custom call's fixed cost (~0.1-0.3 ms) and XLA's small-conv code are as fast or
-# faster (`benchmarks/conv_lowering.py`). Grouped (depthwise) convs always go to
+# The smallest dense conv (output rows N * Ho * Wo) `use_impl("torch")` hands to PyTorch:
+# below this the custom call's fixed cost (~0.1-0.3 ms) and XLA's small-conv code are as
+# fast or faster (`benchmarks/conv_lowering.py`). Grouped (depthwise) convs always go to
 # PyTorch: XLA:CPU's are several times slower at every size measured.
-DEFAULT_IMPL = "torch"
 TORCH_MIN_ROWS = 8192
-ENV_VAR = "LOTTERY_JAX_CONV_IMPL"
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -222,6 +256,12 @@ _conv_barrier.defvjp(_conv_save_inputs_fwd, _conv_barrier_bwd)
 _TORCH_DTYPES = ("float32", "float64")
 
 
+class ConvolutionError(RuntimeError):
+  """A PyTorch convolution (conv impl "torch") could not be registered, would not run in
+  IEEE float32, or failed inside its host callback. The message names the convolution
+  (kind, shapes, strides, padding, dilation, groups)."""
+
+
 @functools.lru_cache(maxsize=None)
 def torch_available() -> bool:
   """Whether PyTorch can be imported (the "torch" lowering's one requirement)."""
@@ -229,23 +269,118 @@ def torch_available() -> bool:
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except (ImportError, OSError) as e:  # OSError: an installed wheel whose libraries fail to load
     if not isinstance(e, ModuleNotFoundError):
-      logging.warning("PyTorch is installed but does not import (%s); conv 'auto' uses XLA's "
-                      "convolution", e)
+      logging.warning("PyTorch is installed but does not import (%s); conv impl 'torch' is "
+                      "unavailable", e)
     return False
   return True
 
 
-# The host side runs as a legacy XLA:CPU custom call whose C entry point is a ctypes
-# callback into Python: XLA hands over raw pointers to its buffers, so PyTorch reads the
-# operands and writes the results in place (NumPy/torch views, no copies). This is the
-# cheap way in: `jax.pure_callback` first copies every operand into a new jax.Array
-# (~8 ms per 16 MB activation here, ~0.4 s of a wide ResNet-32 step) and copies the
-# results again. The static arguments travel in the custom call's opaque string.
+# The host side is an XLA:CPU typed-FFI handler (custom call api_version 4) whose C entry
+# point is a ctypes callback into Python: XLA hands over its buffers' addresses, so
+# PyTorch reads the operands and writes the results in place (NumPy/torch views, no
+# copies). This is the cheap way in: `jax.pure_callback` first copies every operand into a
+# new jax.Array (~8 ms per 16 MB activation here, ~0.4 s of a wide ResNet-32 step) and
+# copies the results again. The static arguments travel in one string attribute, "cfg".
+# The structs mirror xla/ffi/api/c_api.h (shipped in jaxlib/include), FFI API 0.x.
 _TARGETS = {"fwd": "lottery_jax_torch_conv2d_fwd", "bwd": "lottery_jax_torch_conv2d_bwd"}
-_CUSTOM_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
-                                ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p)
+_FFI_API_MAJOR, _FFI_API_MINOR = 0, 1    # the oldest 0.x this handler's structs match
+_FFI_EXTENSION_METADATA, _FFI_STAGE_EXECUTE, _FFI_ATTR_STRING = 1, 3, 4
+_FFI_ERROR_INTERNAL = 13
+
+
+class _FfiExtension(ctypes.Structure):
+  _fields_ = [("struct_size", ctypes.c_size_t), ("type", ctypes.c_int),
+              ("next", ctypes.c_void_p)]
+
+
+class _FfiApiVersion(ctypes.Structure):
+  _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+              ("major_version", ctypes.c_int), ("minor_version", ctypes.c_int)]
+
+
+class _FfiMetadata(ctypes.Structure):
+  _fields_ = [("struct_size", ctypes.c_size_t), ("api_version", _FfiApiVersion),
+              ("traits", ctypes.c_uint32)]
+
+
+class _FfiMetadataExtension(ctypes.Structure):
+  _fields_ = [("extension_base", _FfiExtension), ("metadata", ctypes.POINTER(_FfiMetadata))]
+
+
+class _FfiBuffer(ctypes.Structure):
+  _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+              ("dtype", ctypes.c_int), ("data", ctypes.c_void_p), ("rank", ctypes.c_int64),
+              ("dims", ctypes.POINTER(ctypes.c_int64))]
+
+
+class _FfiByteSpan(ctypes.Structure):
+  _fields_ = [("ptr", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _FfiArgs(ctypes.Structure):   # XLA_FFI_Args and XLA_FFI_Rets have the same layout
+  _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+              ("size", ctypes.c_int64), ("types", ctypes.POINTER(ctypes.c_int)),
+              ("values", ctypes.POINTER(ctypes.c_void_p))]
+
+
+class _FfiAttrs(ctypes.Structure):
+  _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+              ("size", ctypes.c_int64), ("types", ctypes.POINTER(ctypes.c_int)),
+              ("names", ctypes.POINTER(ctypes.POINTER(_FfiByteSpan))),
+              ("values", ctypes.POINTER(ctypes.c_void_p))]
+
+
+class _FfiCallFrame(ctypes.Structure):
+  _fields_ = [("struct_size", ctypes.c_size_t),
+              ("extension_start", ctypes.POINTER(_FfiExtension)),
+              ("api", ctypes.c_void_p), ("ctx", ctypes.c_void_p), ("stage", ctypes.c_int),
+              ("args", _FfiArgs), ("rets", _FfiArgs), ("attrs", _FfiAttrs),
+              ("future", ctypes.c_void_p)]
+
+
+class _FfiErrorCreateArgs(ctypes.Structure):
+  _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+              ("message", ctypes.c_char_p), ("errc", ctypes.c_int)]
+
+
+_FfiErrorCreate = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_FfiErrorCreateArgs))
+
+
+class _FfiApi(ctypes.Structure):   # the leading fields of XLA_FFI_Api
+  _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+              ("api_version", _FfiApiVersion), ("internal_api", ctypes.c_void_p),
+              ("error_create", _FfiErrorCreate)]
+
+
+_FFI_HANDLER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_FfiCallFrame))
 _callbacks: dict[str, object] = {}   # keeps the ctypes thunks alive for the process
-_host_errors: list[BaseException] = []
+# Failures inside the host callback, oldest first: (description of the conv, exception).
+_host_errors: list[tuple[str, BaseException]] = []
+
+
+def raise_pending_errors() -> None:
+  """Raises `ConvolutionError` for the first PyTorch convolution that failed inside its
+  host callback since the last call (naming the conv and chaining the original
+  exception), and clears the record; returns None when none failed.
+
+  The failing call itself already made XLA fail the computation (the FFI handler returns
+  an error, so its outputs are never used); this is for callers that want the original
+  Python exception rather than XLA's message, e.g. at every metrics fetch."""
+  if not _host_errors:
+    return
+  desc, err = _host_errors[0]
+  more = len(_host_errors) - 1
+  _host_errors.clear()
+  raise ConvolutionError(f"PyTorch convolution (conv impl 'torch') failed: {desc}: "
+                         f"{type(err).__name__}: {err}"
+                         + (f" ({more} later failure(s) not shown)" if more else "")) from err
+
+
+def _describe(kind: str, cfg: dict) -> str:
+  return (f"{'forward' if kind == 'fwd' else 'backward'} conv x{tuple(cfg['x'])} "
+          f"w{tuple(cfg['w'])} (HWIO) -> y{tuple(cfg['y'])}, strides {tuple(cfg['strides'])}, "
+          f"padding {tuple(cfg['padding'])}, dilation {tuple(cfg['dilation'])}, "
+          f"groups {cfg['groups']}, {cfg['dtype']}")
 
 
 def _buffer(ptr: int, shape, dtype: np.dtype) -> np.ndarray:
@@ -259,54 +394,178 @@ def _nchw(t):
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_opaque(opaque: bytes) -> tuple[dict, np.dtype, tuple[int, ...]]:
-  cfg = json.loads(opaque)
-  kh, kw, i, o = cfg["w"]
-  return cfg, np.dtype(cfg["dtype"]), (o, kh, kw, i)
+def _parse_cfg(cfg: bytes) -> tuple[dict, np.dtype, tuple[int, ...]]:
+  parsed = json.loads(cfg)
+  kh, kw, i, o = parsed["w"]
+  return parsed, np.dtype(parsed["dtype"]), (o, kh, kw, i)
 
 
-def _torch_conv_host(kind: str, out, ins, opaque, opaque_len, _status) -> None:
-  cfg, dtype, w_ohwi = _parse_opaque(ctypes.string_at(opaque, opaque_len))
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    x = _nchw(torch.from_numpy(_buffer(ins[0], cfg["x"], dtype)))
-    # The kernel arrives (and its gradient leaves) in OHWI memory order (the custom
-    # call asks XLA for that layout): an OIHW tensor with channels-last strides,
-    # oneDNN's preferred weight layout, without a copy.
-    w = _nchw(torch.from_numpy(_buffer(ins[1], w_ohwi, dtype)))
-    args = (cfg["strides"], cfg["padding"], cfg["dilation"], False, [0, 0], cfg["groups"])
-    with torch.no_grad():
-      if kind == "fwd":
-        y = _nchw(torch.from_numpy(_buffer(out, cfg["y"], dtype)))
-        y.copy_(torch.ops.aten.convolution(x, w, None, *args))
-      else:
-        outs = ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))
-        g = _nchw(torch.from_numpy(_buffer(ins[2], cfg["y"], dtype)))
-        dx, dw, _ = torch.ops.aten.convolution_backward(g, x, w, None, *args,
-                                                        [True, True, False])
-        _nchw(torch.from_numpy(_buffer(outs[0], cfg["x"], dtype))).copy_(dx)
-        _nchw(torch.from_numpy(_buffer(outs[1], w_ohwi, dtype))).copy_(dw)
-  except BaseException as e:  # pylint: disable=broad-except
-    # A C callback cannot raise into XLA: record, log, and poison the results with NaN,
-    # which the training loop's finiteness check stops on.
-    _host_errors.append(e)
-    logging.exception("PyTorch convolution (conv impl 'torch') failed; its outputs are NaN")
+def _torch_conv(kind: str, cfg: dict, dtype: np.dtype, w_ohwi, ins, outs) -> None:
+  """The convolution itself, on XLA's buffers (addresses `ins`, `outs`)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  x = _nchw(torch.from_numpy(_buffer(ins[0], cfg["x"], dtype)))
+  # The kernel arrives (and its gradient leaves) in OHWI memory order (the custom call
+  # asks XLA for that layout): an OIHW tensor with channels-last strides, oneDNN's
+  # preferred weight layout, without a copy.
+  w = _nchw(torch.from_numpy(_buffer(ins[1], w_ohwi, dtype)))
+  args = (cfg["strides"], cfg["padding"], cfg["dilation"], False, [0, 0], cfg["groups"])
+  with torch.no_grad():
     if kind == "fwd":
-      _buffer(out, cfg["y"], dtype)[...] = np.nan
+      y = _nchw(torch.from_numpy(_buffer(outs[0], cfg["y"], dtype)))
+      y.copy_(torch.ops.aten.convolution(x, w, None, *args))
     else:
-      outs = ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))
-      _buffer(outs[0], cfg["x"], dtype)[...] = np.nan
-      _buffer(outs[1], w_ohwi, dtype)[...] = np.nan
+      g = _nchw(torch.from_numpy(_buffer(ins[2], cfg["y"], dtype)))
+      dx, dw, _ = torch.ops.aten.convolution_backward(g, x, w, None, *args,
+                                                      [True, True, False])
+      _nchw(torch.from_numpy(_buffer(outs[0], cfg["x"], dtype))).copy_(dx)
+      _nchw(torch.from_numpy(_buffer(outs[1], w_ohwi, dtype))).copy_(dw)
 
 
-def _register_targets() -> None:
+def _ffi_error(frame, message: str) -> int | None:
+  api = ctypes.cast(frame.api, ctypes.POINTER(_FfiApi)).contents
+  args = _FfiErrorCreateArgs(ctypes.sizeof(_FfiErrorCreateArgs), None,
+                             message.encode("utf-8", "replace"), _FFI_ERROR_INTERNAL)
+  return api.error_create(ctypes.byref(args))   # XLA copies the message and owns the error
+
+
+def _torch_conv_handler(kind: str, frame_ptr) -> int | None:
+  """XLA_FFI_Handler: NULL on success, an XLA_FFI_Error* (XLA then fails the whole
+  computation with its message) on any failure. Never raises: an exception escaping a
+  ctypes callback would be printed and read as success."""
+  desc = f"{kind} (arguments not decoded)"
+  try:
+    frame = frame_ptr.contents
+    ext = frame.extension_start
+    if ext and ext.contents.type == _FFI_EXTENSION_METADATA:
+      # XLA asks which FFI API version the handler was built against (no traits).
+      meta = ctypes.cast(ext, ctypes.POINTER(_FfiMetadataExtension)).contents.metadata.contents
+      meta.api_version = _FfiApiVersion(ctypes.sizeof(_FfiApiVersion), None,
+                                        _FFI_API_MAJOR, _FFI_API_MINOR)
+      meta.traits = 0
+      return None
+    if frame.stage != _FFI_STAGE_EXECUTE:
+      return None
+    attrs = frame.attrs
+    if attrs.size != 1 or attrs.types[0] != _FFI_ATTR_STRING:
+      return _ffi_error(frame, f"PyTorch convolution ({kind}): expected one string "
+                        f"attribute 'cfg', got {attrs.size} attribute(s)")
+    span = ctypes.cast(attrs.values[0], ctypes.POINTER(_FfiByteSpan)).contents
+    cfg, dtype, w_ohwi = _parse_cfg(ctypes.string_at(span.ptr, span.len))
+    desc = _describe(kind, cfg)
+    ins = [ctypes.cast(frame.args.values[i], ctypes.POINTER(_FfiBuffer)).contents.data
+           for i in range(frame.args.size)]
+    outs = [ctypes.cast(frame.rets.values[i], ctypes.POINTER(_FfiBuffer)).contents.data
+            for i in range(frame.rets.size)]
+    _torch_conv(kind, cfg, dtype, w_ohwi, ins, outs)
+    return None
+  except BaseException as e:  # pylint: disable=broad-except
+    _host_errors.append((desc, e))
+    logging.exception("PyTorch convolution (conv impl 'torch') failed: %s", desc)
+    try:
+      return _ffi_error(frame_ptr.contents,
+                        f"PyTorch convolution (conv impl 'torch') failed: {desc}: "
+                        f"{type(e).__name__}: {e} (lottery_jax.models.conv."
+                        "raise_pending_errors() re-raises the original exception)")
+    except BaseException:  # pylint: disable=broad-except
+      logging.exception("could not hand the failure to XLA; conv.raise_pending_errors() has it")
+      return None
+
+
+# A float32 conv computed in IEEE float32 has a normwise relative error of a few 2^-24
+# times sqrt(K) at most (K = kh*kw*C products per output, here 576: ~1e-6); with either
+# operand rounded to bfloat16 (8 significand bits) or TF32 (11) it is ~2^-9 or ~2^-12
+# (1e-3, 2e-4). The probe's limit sits between, two decades from both.
+_IEEE_PROBE_TOL = 3e-5
+
+
+def _probe_error(torch) -> float:
+  """Normwise relative error of PyTorch's float32 conv, forward and both gradients,
+  against float64, on a conv big enough for oneDNN's AMX/AVX-512 kernels (batch 8,
+  16x16, 64 -> 64 channels, 3x3, channels-last)."""
+  gen = torch.Generator().manual_seed(0)
+  x64 = torch.randn(8, 64, 16, 16, generator=gen, dtype=torch.float64)
+  w64 = torch.randn(64, 64, 3, 3, generator=gen, dtype=torch.float64)
+  g64 = torch.randn(8, 64, 16, 16, generator=gen, dtype=torch.float64)
+  args = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+  cl = torch.channels_last
+
+  def run(x, w, g):
+    y = torch.ops.aten.convolution(x, w, None, *args)
+    dx, dw, _ = torch.ops.aten.convolution_backward(g, x, w, None, *args, [True, True, False])
+    return y, dx, dw
+
+  with torch.no_grad():
+    got = run(*(t.float().contiguous(memory_format=cl) for t in (x64, w64, g64)))
+    want = run(x64, w64, g64)
+  return max(float(torch.linalg.vector_norm(a.double() - b) / torch.linalg.vector_norm(b))
+             for a, b in zip(got, want))
+
+
+_ieee_checked: list[float] = []
+
+
+def force_ieee_float32() -> float:
+  """Makes PyTorch's CPU convolutions compute float32 in IEEE float32 and checks that they
+  do; returns the probe's relative error. Raises `ConvolutionError` where they do not.
+
+  oneDNN may compute float32 convolutions with bfloat16 or TF32 operands (AMX / AVX-512
+  BF16 instructions) when its floating-point math mode allows it: PyTorch asks for that
+  when `torch.backends.mkldnn.conv.fp32_precision` (or the "all"/generic setting it
+  inherits) is "bf16" or "tf32", and oneDNN's own default mode comes from
+  $ONEDNN_DEFAULT_FPMATH_MODE (or $DNNL_DEFAULT_FPMATH_MODE), read once, when oneDNN
+  creates its first primitive. So: set PyTorch's conv precision to "ieee", set
+  ONEDNN_DEFAULT_FPMATH_MODE=STRICT (effective if oneDNN has not initialised yet), then
+  measure a probe conv against float64 (`_IEEE_PROBE_TOL`)."""
+  if _ieee_checked:
+    return _ieee_checked[0]
+  import torch  # pylint: disable=import-outside-toplevel
+  env = {k: os.environ.get(k) for k in ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE")}
+  os.environ["ONEDNN_DEFAULT_FPMATH_MODE"] = "STRICT"   # the ONEDNN_ name takes precedence
+  settings = "unknown"
+  try:
+    torch.backends.mkldnn.conv.fp32_precision = "ieee"
+    settings = (f"torch.backends.mkldnn.conv.fp32_precision="
+                f"{torch.backends.mkldnn.conv.fp32_precision!r}")
+    if torch.backends.mkldnn.conv.fp32_precision != "ieee":
+      raise ConvolutionError(f"could not force IEEE float32 PyTorch convolutions: {settings} "
+                             "after setting it to 'ieee'")
+  except AttributeError:   # an older PyTorch: the legacy TF32 switch is its only knob
+    torch.backends.mkldnn.allow_tf32 = False
+    settings = f"torch.backends.mkldnn.allow_tf32={torch.backends.mkldnn.allow_tf32!r}"
+  err = _probe_error(torch)
+  if not err < _IEEE_PROBE_TOL:
+    raise ConvolutionError(
+        f"PyTorch's float32 convolution is not IEEE float32 here: relative error {err:.2e} "
+        f"against float64 (limit {_IEEE_PROBE_TOL:.0e}; bfloat16 operands give ~1e-3), "
+        f"with {settings} and $ONEDNN_DEFAULT_FPMATH_MODE / $DNNL_DEFAULT_FPMATH_MODE "
+        f"{env['ONEDNN_DEFAULT_FPMATH_MODE']!r} / {env['DNNL_DEFAULT_FPMATH_MODE']!r} before "
+        "this process forced STRICT (oneDNN reads it once, at its first primitive). Export "
+        "ONEDNN_DEFAULT_FPMATH_MODE=STRICT before starting Python, or use XLA's convolutions "
+        "(--config.model.conv=xla)")
+  _ieee_checked.append(err)
+  return err
+
+
+def _register_targets(what: str) -> None:
+  """Registers the FFI targets once per process, after checking PyTorch computes IEEE
+  float32; `what` names the convolution being traced, for the error."""
   if _callbacks:
     return
-  for kind, name in _TARGETS.items():
-    thunk = _CUSTOM_CALL(functools.partial(_torch_conv_host, kind))
-    _callbacks[kind] = thunk
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(ctypes.cast(thunk, ctypes.c_void_p).value),
-                                platform="cpu", api_version=0)
+  try:
+    force_ieee_float32()
+    thunks = {kind: _FFI_HANDLER(functools.partial(_torch_conv_handler, kind))
+              for kind in _TARGETS}
+    for kind, name in _TARGETS.items():
+      jax.ffi.register_ffi_target(
+          name, jax.ffi.pycapsule(ctypes.cast(thunks[kind], ctypes.c_void_p).value),
+          platform="cpu", api_version=1)
+  except ConvolutionError as e:
+    raise ConvolutionError(f"conv impl 'torch' unavailable for {what}: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConvolutionError(f"could not register PyTorch's convolution (conv impl 'torch') "
+                           f"as an XLA:CPU FFI target for {what}: {type(e).__name__}: {e}; "
+                           "use --config.model.conv=xla") from e
+  _callbacks.update(thunks)
 
 
 # Memory orders (major to minor) the custom calls ask XLA for: activations NHWC as they
@@ -315,16 +574,16 @@ _ROW_MAJOR, _OHWI = (0, 1, 2, 3), (3, 0, 1, 2)
 
 
 def _torch_call(kind, out_shapes, dtype, *args, **cfg):
-  _register_targets()
-  opaque = json.dumps({"dtype": np.dtype(dtype).name, **cfg})
+  cfg = {"dtype": np.dtype(dtype).name, **cfg}
+  _register_targets(_describe(kind, cfg))
   # Operands are (x, w[, g]) and results (y) or (dx, dw): only the kernel is OHWI.
   in_layouts = [_OHWI if i == 1 else _ROW_MAJOR for i in range(len(args))]
   out_layouts = [_OHWI if i == 1 else _ROW_MAJOR for i in range(len(out_shapes))]
   results = [jax.ShapeDtypeStruct(s, dtype) for s in out_shapes]
-  call = jax.ffi.ffi_call(_TARGETS[kind], results, custom_call_api_version=3,
-                          legacy_backend_config=opaque, vmap_method="sequential",
+  call = jax.ffi.ffi_call(_TARGETS[kind], results, vmap_method="sequential",
                           input_layouts=in_layouts, output_layouts=out_layouts)
-  return call(*args) if kind == "bwd" else call(*args)[0]
+  out = call(*args, cfg=json.dumps(cfg))
+  return out if kind == "bwd" else out[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -365,10 +624,10 @@ def conv2d_torch(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
   """NHWC x HWIO -> NHWC convolution computed by PyTorch (oneDNN on x86), forward and
   both gradients, as XLA:CPU custom calls with a custom VJP.
 
-  CPU backend only (the custom calls are registered for "cpu"; XLA reads and writes
-  its own buffers in place). Under automatic SPMD partitioning over several devices
-  XLA runs the call on whole (gathered) operands, so "auto" picks it for one-device
-  processes only. Asymmetric padding is applied in JAX first (PyTorch pads
+  CPU backend and one-device processes only (`_require`; the custom calls are
+  registered for "cpu" and XLA cannot partition them). PyTorch is checked to compute
+  IEEE float32 before the first call is registered (`force_ieee_float32`); a failure
+  inside a call fails the computation and is kept for `raise_pending_errors`. Asymmetric padding is applied in JAX first (PyTorch pads
   symmetrically). Not differentiable twice; vmap runs one call per element.
   Arguments as `conv2d_patches`, plus `dilation` (kernel dilation) and `groups`
   (feature groups: the kernel is (kh, kw, C / groups, O)).
@@ -462,19 +721,27 @@ def _output_rows(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers) ->
 
 
 IMPLS = ("xla", "patches", "taps", "barrier", "torch")
-_override: list[str] = []
+# `use_impl`'s stack: (impl, the smallest dense conv in output rows it applies to).
+_override: list[tuple[str, int]] = []
 
 
 @contextlib.contextmanager
-def use_impl(impl: str):
-  """Within the block, "auto" resolves to `impl` on every backend (benchmarks and
-  tests; jitted functions keep the lowering they were traced with). `use_impl("auto")`
-  changes nothing (the default's own resolution applies)."""
+def use_impl(impl: str, *, min_rows: int | None = None):
+  """Within the block, "auto" (every model's default) resolves to `impl` at trace time
+  (jitted functions keep the lowering they were traced with: trace inside the block).
+
+  `use_impl("torch")` (what `config.model.conv="torch"` does around the train and eval
+  steps) keeps XLA's convolution for dense convs with fewer than `min_rows` output rows
+  (N * Ho * Wo; default `TORCH_MIN_ROWS`): there the custom call's fixed cost makes
+  PyTorch slower (`benchmarks/conv_lowering.py`); grouped convs always go to PyTorch.
+  `min_rows=0` sends every conv to PyTorch. Other lowerings apply to every conv.
+  `use_impl("auto")` changes nothing. "torch" is checked on entry (`resolve_impl`)."""
   if impl == "auto":
     yield
     return
   _check_impl(impl, "conv impl")
-  _override.append(impl)
+  rows = (TORCH_MIN_ROWS if min_rows is None else int(min_rows)) if impl == "torch" else 0
+  _override.append((impl, rows))
   try:
     yield
   finally:
@@ -482,26 +749,20 @@ def use_impl(impl: str):
 
 
 def resolve_impl(impl: str = "auto", rows: int | None = None, groups: int = 1) -> str:
-  """The lowering `impl` stands for at trace time.
+  """The lowering `impl` stands for at trace time, for a conv with `rows` output rows
+  (None: unknown, counted as large) and `groups` feature groups.
 
-  "auto": `use_impl`'s, else $LOTTERY_JAX_CONV_IMPL's, else on the CPU backend
-  `DEFAULT_IMPL` ("torch" only where PyTorch imports and the process has one device,
-  and, when `rows` is given, for convs with >= TORCH_MIN_ROWS output rows or
-  `groups` > 1), "xla" elsewhere.
+  "auto": XLA's convolution ("xla"), unless inside `use_impl(...)`, which picks the
+  lowering (for "torch", subject to its `min_rows`). Nothing else (no environment
+  variable, no installed package) changes it. "torch", asked for explicitly or through
+  `use_impl`, raises where it cannot run as asked (`_require`): never a silent fallback.
   """
   if impl == "auto":
-    if _override:
-      return _override[-1]
-    env = os.environ.get(ENV_VAR, "auto").strip() or "auto"
-    if env != "auto":
-      return _check_impl(env, f"${ENV_VAR}")
-    if jax.default_backend() != "cpu":
+    if not _override:
       return "xla"
-    if DEFAULT_IMPL == "torch" and (not torch_available() or jax.device_count() > 1
-                                    or (rows is not None and rows < TORCH_MIN_ROWS
-                                        and groups == 1)):
+    impl, min_rows = _override[-1]
+    if impl == "torch" and rows is not None and rows < min_rows and groups == 1:
       return "xla"
-    return DEFAULT_IMPL
   return _check_impl(impl, "conv impl")
 
 
@@ -514,15 +775,25 @@ def _check_impl(impl: str, what: str) -> str:
   return impl
 
 
+_TORCH_FIX = "or use XLA's convolution: --config.model.conv=xla / conv.use_impl('xla')"
+
+
 def _require(impl: str) -> None:
-  if impl == "torch" and jax.default_backend() != "cpu":
+  if impl != "torch":
+    return
+  if jax.default_backend() != "cpu":
     raise ValueError(f"conv impl 'torch' runs on the CPU backend only (the default backend is "
-                     f"{jax.default_backend()!r}); use 'auto' or 'xla' there")
-  if impl == "torch" and not torch_available():
+                     f"{jax.default_backend()!r}); {_TORCH_FIX}")
+  if jax.device_count() > 1:
+    raise ValueError(
+        f"conv impl 'torch' needs a one-device process, this one has {jax.device_count()} "
+        "devices: XLA cannot partition a custom call, so a sharded step would gather every "
+        "conv's operands and run the whole PyTorch conv on each device. Run with one device "
+        "(e.g. drop --xla_force_host_platform_device_count from $XLA_FLAGS), " + _TORCH_FIX)
+  if not torch_available():
     raise ImportError("conv impl 'torch' runs PyTorch's CPU convolution and needs PyTorch: "
                       "pip install torch --index-url https://download.pytorch.org/whl/cpu "
-                      "(or pick another impl: " + ", ".join(i for i in IMPLS if i != "torch")
-                      + ")")
+                      "(or pip install -e '.[torch]'), " + _TORCH_FIX)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -540,9 +811,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   without input dilation or batch groups; for the others also kernel dilation and
   feature groups; `preferred_element_type` for all.
   """
-  # Only "auto" looks at the conv's size (`resolve_impl`).
+  # Only "auto" inside `use_impl("torch")` looks at the conv's size (`resolve_impl`).
   rows = (_output_rows(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers)
-          if impl == "auto" else None)
+          if impl == "auto" and _override and _override[-1][0] == "torch" else None)
   impl = resolve_impl(impl, rows=rows, groups=feature_group_count)
   if impl == "torch":
     if preferred_element_type is None and _torch_applicable(
