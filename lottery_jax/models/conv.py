@@ -32,9 +32,9 @@ the whole conv on every device), without PyTorch (ImportError).
 4) whose handler is a ctypes callback into Python. A failure to register them raises
 `ConvolutionError` naming the conv being traced. An exception inside the callback is
 recorded with the conv's description (kind, shapes, strides, padding, dilation, groups)
-and the handler returns an XLA FFI error, so the computation fails (jax raises
-`JaxRuntimeError` carrying that description when its result is read) and no output is
-ever a quiet NaN; `raise_pending_errors()` then raises `ConvolutionError` naming the
+and the handler returns an XLA FFI error, so the computation fails (on jax 0.10.2 the
+call raises a ValueError "INTERNAL: PyTorch convolution ... failed: <conv>: <error>") and
+no output is ever a quiet NaN; `raise_pending_errors()` then raises `ConvolutionError` naming the
 first failed conv with the original exception chained, and clears the record (meant
 for every metrics fetch, before any non-finite-loss check). Legacy (api_version < 4) custom calls,
 which this used before, cannot report an error from a Python callback (XLA's status
