@@ -23,12 +23,17 @@ def main(argv):
   logging.getLogger("lottery_jax").setLevel(logging.INFO)
   from lottery_jax import experiments
   from lottery_jax.engine.errors import NonFiniteLossError
+  from lottery_jax.models.conv import ConvolutionError
   config = FLAGS.config
   try:
     experiments.run(config, FLAGS.workdir)
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
+  except ConvolutionError as e:
+    print(f"error: {e}. Use --config.model.conv=xla to run XLA's convolutions.",
+          file=sys.stderr)
+    sys.exit(4)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -47,6 +47,7 @@ from lottery_jax.engine.optim import make_optimizer
 from lottery_jax.engine.state import TrainState, partition_placeholders
 from lottery_jax.engine.step import (DATA_AXIS, SIBLING_AXIS, make_eval_step,
                                      make_train_step, state_sharding)
+from lottery_jax.models import conv as conv_lib
 
 log = logging.getLogger("lottery_jax")
 
@@ -237,7 +238,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     # Training under a mask starts from exactly-zero pruned weights.
     params = mask_algebra.apply(params, masks)
     scores = programs.score_placeholders(params)
-  partition = (layout.partition if layout.partition is not None
+  partition = (jax.tree.map(jnp.asarray, layout.partition) if layout.partition is not None
                else partition_placeholders(params))
 
   tx = make_optimizer(config.optimizer, total, data.steps_per_epoch)
@@ -438,6 +439,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         if preemption.requested:
           checkpointer.wait()
           raise Preempted(143)
+  except Exception:
+    # An XLA error from inside a PyTorch convolution: raise the conv's own error.
+    conv_lib.raise_pending_errors()
+    raise
   finally:
     progress.close()
     checkpointer.wait()
@@ -546,6 +551,9 @@ def _set_steps(state: dict, step: int) -> None:
 
 
 def _raise_if_bad(bad_step, checkpointer: Checkpointer):
+  # A failed PyTorch convolution (config.model.conv="torch") names itself first,
+  # rather than showing up as a non-finite loss.
+  conv_lib.raise_pending_errors()
   bad_step = int(np.max(np.asarray(bad_step)))
   if bad_step >= 0:
     latest = checkpointer.latest_step()

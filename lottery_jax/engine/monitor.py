@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -63,17 +64,24 @@ def progress_bar(total: int, initial: int, enabled: bool) -> _Progress:
   return _Progress(total, initial, enabled)
 
 
-def log_row(step: int, fetched: dict, n: int, searched) -> dict[str, Any]:
-  row: dict[str, Any] = {"step": step, "train/loss": float(fetched["loss"]) / n,
-                         "train/accuracy": float(fetched["accuracy"]) / n}
+def log_row(step: int, fetched: dict, n: int, masked) -> dict[str, Any]:
+  """Mean loss, accuracy and swaps per step over the last `n` steps. With a sibling
+  axis the means are over copies too, and `sibling<i>/train/...` give each copy's."""
+  loss = np.asarray(fetched["loss"], np.float64) / n
+  acc = np.asarray(fetched["accuracy"], np.float64) / n
+  row: dict[str, Any] = {"step": step, "train/loss": float(np.mean(loss)),
+                         "train/accuracy": float(np.mean(acc))}
+  if loss.ndim:
+    for i, (lo, ac) in enumerate(zip(loss, acc)):
+      row[f"sibling{i}/train/loss"] = float(lo)
+      row[f"sibling{i}/train/accuracy"] = float(ac)
   swaps = flatten_dict(plain(fetched["swaps"]))
-  flags = flatten_dict(plain(searched))
+  flags = flatten_dict(plain(masked))
   total = 0.0
   for k, v in swaps.items():
     if bool(flags[k]):
-      row[f"swaps/{k}"] = float(v) / n   # mean swaps per step in this interval
-      total += float(v) / n
+      per_step = float(np.mean(np.asarray(v, np.float64))) / n
+      row[f"swaps/{k}"] = per_step   # mean swaps per step in this interval
+      total += per_step
   row["swaps/total"] = total
   return row
-
-

@@ -51,14 +51,20 @@ class Layout:
       (frozen-pruned entries included).
     sparsities: pytree of Python floats (`prune_count / size`).
     partition: None, or a pytree like the params of int8 `masks.freeze` codes
-      (`masks.PRUNED`, `masks.LOCKED`, `masks.SEARCHABLE`). It lives in the train
-      state (`TrainState.partition`) and so in every checkpoint.
+      (`masks.PRUNED`, `masks.LOCKED`, `masks.SEARCHABLE`), held here as NumPy
+      (a host copy: the device copy lives in the train state,
+      `TrainState.partition`, and so in every checkpoint).
   """
 
   masked: Any
   prune_counts: Any
   sparsities: Any
   partition: Any = None
+
+  def __post_init__(self):
+    if self.partition is not None:
+      object.__setattr__(self, "partition", jax.tree.map(
+          lambda c: np.asarray(jax.device_get(c), np.int8), self.partition))
 
   def to_json(self) -> dict[str, Any]:
     """A JSON description, stored in every checkpoint and compared on resume."""
