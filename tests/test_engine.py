@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -165,21 +166,40 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert steps and max(steps) <= bad
 
 
-def _main(workdir, *extra):
+def _main(workdir, *extra, devices: int = 2):
   cmd = [sys.executable, "-m", "lottery_jax.main",
          f"--config={REPO}/tests/configs/tiny_search.py", f"--workdir={workdir}",
          *extra]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return cmd, env
 
 
-def test_sigkill_then_resume_is_bitwise_identical(pretrained, tmp_path):
-  args = (f"--config.pretrained={pretrained}", "--config.num_steps=30",
-          "--config.checkpoint_every_steps=4")
-  cmd, env = _main(tmp_path / "straight", *args)
-  subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
+# The PyTorch lowering runs in one-device CPU processes only, and hands PyTorch the
+# convs with at least TORCH_MIN_ROWS = 8192 output rows: at batch 128 the digits CNN's
+# first conv (128 x 8 x 8 rows) goes to PyTorch. XLA's runs on 2 devices (sharded).
+LOWERINGS = {
+    "xla": dict(devices=2, args=()),
+    "torch": dict(devices=1, args=("--config.model.conv=torch", "--config.data.batch_size=128",
+                                   "--config.data.max_train_examples=1024")),
+}
 
-  cmd, env = _main(tmp_path / "killed", *args)
+
+@pytest.mark.parametrize("impl", sorted(LOWERINGS))
+def test_sigkill_then_resume_is_bitwise_identical(pretrained, tmp_path, impl):
+  if impl == "torch":
+    pytest.importorskip("torch")
+    from lottery_jax.models import conv
+    assert 128 * 8 * 8 >= conv.TORCH_MIN_ROWS
+  lowering = LOWERINGS[impl]
+  args = (f"--config.pretrained={pretrained}", "--config.num_steps=30",
+          "--config.checkpoint_every_steps=4", *lowering["args"])
+  main = functools.partial(_main, devices=lowering["devices"])
+  cmd, env = main(tmp_path / "straight", *args)
+  subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
+  with open(tmp_path / "straight" / "config.json") as f:
+    assert json.load(f)["model.conv"] == impl
+
+  cmd, env = main(tmp_path / "killed", *args)
   proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   ckpts = tmp_path / "killed" / "checkpoints"

@@ -1,44 +1,17 @@
-"""Experiments: what `python -m lottery_jax.main` runs, by `config.experiment`.
-
-Each is a short list of stages over the one engine (`lottery_jax.engine.stages`).
-Importing this module registers every method's mask program.
-"""
+"""The engine's own experiments: "train" (one stage, plus the optional "+T" stage)
+and "quickstart" (dense pretraining, then a jackpot search; the README's main job)."""
 
 from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 
-from lottery_jax import search, tickets  # noqa: F401  (register the mask programs)
-from lottery_jax.engine import distributed, io
-from lottery_jax.engine.errors import ConfigError
+from lottery_jax.engine import io
 from lottery_jax.engine.stages import Stage, derive, run_stages
-
-_EXPERIMENTS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {}
-
-
-def register(name: str):
-  def wrap(fn):
-    _EXPERIMENTS[name] = fn
-    return fn
-  return wrap
-
-
-def get(name: str):
-  if name not in _EXPERIMENTS:
-    raise ConfigError(f"config.experiment={name!r} is unknown; expected one of "
-                      f"{sorted(_EXPERIMENTS)}")
-  return _EXPERIMENTS[name]
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs `config.experiment` in `workdir` (multi-process start-up once per process)."""
-  if config.multihost:
-    distributed.initialize_once()
-  return get(config.experiment)(config, workdir)
+from lottery_jax.experiments.registry import register
 
 
 @register("train")
