@@ -9,8 +9,13 @@ crop + flip. He et al.'s recipe (160 epochs, wd 1e-4, lr x0.1 at 80/120) reaches
       --config=configs/pretrain_resnet20_cifar10.py:folder=../shared/datasets/cifar10-jpeg.zip \
       --workdir=benchmarks/checkpoints/resnet20_cifar10_full
 
-Without the `:folder=` argument it reads TFDS cifar10. Measured result: in
-progress (see RESULTS.md "Pretraining"); the run is resumable, re-run the command.
+Without the `:folder=` argument it reads TFDS cifar10. Measured (2026-12-02, full
+50k train / 10k test; PyTorch's convolutions from step 18,200, before that the code's
+default "auto" lowering, which picked PyTorch's in a one-device process): **87.89%**
+test accuracy (loss 0.388) after 19,500 steps; test accuracy at epochs 5/10/.../45:
+70.7, 71.9, 77.2, 74.8, 79.1, 81.0, 83.0, 85.7, 87.5. Short of the 91% target:
+`configs/pretrain_resnet20_cifar10_restart.py` continues it with a second cosine cycle.
+The run is resumable: re-run the command.
 """
 
 from lottery_jax import recipes

@@ -64,7 +64,7 @@ def test_every_config_is_covered():
   names = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py"))
   covered = {"quickstart", "jackpot_r32_cifar10", "jackpot_vgg19_cifar10",
              "pretrain_r32_cifar10", "pretrain_vgg19_cifar10",
-             "pretrain_resnet20_cifar10", "jackpot_r50"}
+             "pretrain_resnet20_cifar10", "pretrain_resnet20_cifar10_restart", "jackpot_r50"}
   assert set(names) == covered, f"add a test for {set(names) - covered}"
 
 
@@ -88,6 +88,39 @@ def test_resnet20_pretrain_from_an_image_folder_zip(tmp_path):
              eval_examples=16)
   summary = loop.run(c, str(tmp_path / "run"))
   assert summary["final_eval"]["examples"] == 16
+  # The warm restart: a second dense cycle from the first one's weights.
+  r = shrink(load_config("pretrain_resnet20_cifar10_restart", f"folder={path}"), batch=8,
+             eval_examples=16)
+  assert r.pretrained == "benchmarks/checkpoints/resnet20_cifar10_full"
+  r.pretrained = str(tmp_path / "run")
+  restarted = loop.run(r, str(tmp_path / "restart"))
+  assert restarted["initial_eval"] == summary["final_eval"]
+
+
+FULL_ZIP = os.path.join(os.path.dirname(REPO), "shared", "datasets", "cifar10-jpeg.zip")
+
+
+@pytest.mark.parametrize("ckpt,at_least", [("resnet20_cifar10", 0.75),
+                                           ("resnet20_cifar10_full", 0.85)])
+def test_committed_checkpoints_load_and_score(tmp_path, ckpt, at_least):
+  """The committed CIFAR-10 ResNet-20s (exported by earlier versions of the engine)
+  load through `config.pretrained` and score what their summaries say: the initial
+  eval of a run that starts from them is their own final eval, on a fixed 1,000-image
+  test subset (binomial standard error ~1.2 points at 85%, so `at_least` sits 2.5+
+  points under the recorded full-test accuracy)."""
+  if not os.path.exists(FULL_ZIP):
+    pytest.skip(f"{FULL_ZIP} not present")
+  path = os.path.join(REPO, "benchmarks", "checkpoints", ckpt)
+  with open(os.path.join(path, "summary.json")) as f:
+    recorded = json.load(f)["final_eval"]["accuracy"]
+  assert recorded >= at_least + 0.025
+  c = shrink(load_config("pretrain_resnet20_cifar10", f"folder={FULL_ZIP}"), steps=1,
+             batch=8, eval_examples=1000)
+  c.pretrained = path
+  c.optimizer.learning_rate = 0.0
+  summary = loop.run(c, str(tmp_path / "run"))
+  assert summary["initial_eval"]["examples"] == 1000
+  assert summary["initial_eval"]["accuracy"] >= at_least, summary["initial_eval"]
 
 
 _ONE_DEVICE_RUN = """
