@@ -89,17 +89,24 @@ def search_args(sub_zip: str, sparsity: float, epochs: float = SEARCH_EPOCHS,
           "--config.checkpoint_every_steps=12", *extra]
 
 
-FINETUNE = ("--config.train=weights", "--config.mask.update_rule=fixed",
+# The engine's "magnitude" program: the same magnitude mask, frozen, weights train (the
+# +T hyperparameters: lr 0.01, no weight decay).
+FINETUNE = ("--config.mask.program=magnitude", "--config.mask.update_rule=",
             "--config.optimizer.learning_rate=0.01", "--config.optimizer.weight_decay=0.0")
 # Dense reference on the same 5k test subset: a weights run at sparsity 0 whose
 # initial_eval (taken before its single lr-0 step) is the pretrained network's accuracy.
-DENSE = ("--config.train=weights", "--config.mask.update_rule=fixed",
+DENSE = ("--config.mask.program=dense", "--config.mask.update_rule=",
          "--config.optimizer.learning_rate=0.0", "--config.num_steps=1",
          "--config.analysis.enabled=False")
 CAP = int(os.environ.get("CIFAR_RESULTS_CAP", "2"))  # max_swaps per layer per step
 
 
 def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
+  return {**subset_runs(sub_zip, full_zip), **full_runs(full_zip)}
+
+
+def subset_runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
+  """The reduced-scale runs of RESULTS.md's older sections (10k-image subset)."""
   return {
       "pretrain_resnet20": pretrain_args(full_zip),
       "dense_eval": search_args(sub_zip, 0.0, extra=DENSE),
@@ -142,6 +149,75 @@ def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str
       "finetune90_e3_s2": search_args(sub_zip, 0.9, epochs=3.0,
                                       extra=(*FINETUNE, "--config.seed=2")),
   }
+
+
+# ------------------------------------------------------------ full-data runs (issue 12)
+# The headline experiment on the full 50k train / 10k test split, from the ResNet-20
+# pretrained in two cosine cycles (configs/pretrain_resnet20_cifar10{,_restart}.py).
+# Searches: the reference recipe (configs/jackpot_r32_cifar10.py with ResNet-20:
+# batch 256, SGD 0.1 momentum 0.9, wd 5e-4 on the scores, cosine stepped per epoch,
+# global magnitude allocation, magnitude score init, swap rule at rate 1), 10 full
+# epochs (1,950 steps), PyTorch's convolutions (config.model.conv=torch, recorded in
+# each run's config.json). Run names "full/<arm><sparsity>_<variant>"; `run full`
+# runs them all in FULL_ORDER (resumable: re-run the same command).
+FULL_CKPT = os.path.join("benchmarks", "checkpoints", "resnet20_cifar10_restart")
+FULL_EPOCHS = 10.0
+FULL_SEEDS = (0, 1, 2)
+
+
+def full_args(full_zip: str, sparsity: float, seed: int, epochs: float = FULL_EPOCHS,
+              eval_every: float = 1.0, extra: tuple[str, ...] = ()) -> list[str]:
+  return [f"--config=configs/jackpot_r32_cifar10.py:folder={full_zip}",
+          "--config.model.name=cifar_resnet20", f"--config.pretrained={FULL_CKPT}",
+          "--config.model.conv=torch", f"--config.sparsity={sparsity}",
+          f"--config.num_epochs={epochs}", f"--config.eval_every_epochs={eval_every}",
+          f"--config.seed={seed}", "--config.log_every_steps=25",
+          "--config.checkpoint_every_steps=100", "--config.keep_checkpoints=1",
+          "--config.progress_bar=False", *extra]
+
+
+# magnitude + fine-tuning with the pretraining's own recipe (lr 0.1, wd 5e-4) instead of
+# the +T's lr 0.01 / wd 0: the one other learning rate tried (not tuned on the test set).
+FINETUNE_LR01 = ("--config.mask.program=magnitude", "--config.mask.update_rule=",
+                 "--config.optimizer.learning_rate=0.1", "--config.optimizer.weight_decay=5e-4")
+
+
+def full_runs(full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
+  out: dict[str, list[str]] = {}
+  for sp in (90, 95):
+    d = sp / 100
+    for seed in FULL_SEEDS:
+      # Seed 0's jackpot is evaluated every half epoch (the search-cost curve).
+      out[f"full/jackpot{sp}_s{seed}"] = full_args(
+          full_zip, d, seed, eval_every=0.5 if seed == 0 else 1.0)
+      out[f"full/finetune{sp}_s{seed}"] = full_args(full_zip, d, seed, extra=FINETUNE)
+    out[f"full/bnrecal{sp}_s0"] = full_args(full_zip, d, 0,
+                                            extra=("--config.mask.update_rule=fixed",))
+    out[f"full/finetune{sp}_lr0.1_s0"] = full_args(full_zip, d, 0, extra=FINETUNE_LR01)
+    # The jackpot, then a short +T stage (1 epoch, lr 0.01, wd 0) in <workdir>/finetune.
+    out[f"full/jackpot{sp}_T_s0"] = full_args(full_zip, d, 0,
+                                              extra=("--config.finetune.num_epochs=1.0",))
+  for seed in FULL_SEEDS:
+    # Random score init at the jackpot's budget (search cost at equal budgets).
+    out[f"full/random90_s{seed}"] = full_args(
+        full_zip, 0.9, seed, eval_every=0.5 if seed == 0 else 1.0,
+        extra=("--config.mask.score_init=random",))
+  # Random score init run 3x longer: the independent mask for the overlap test.
+  out["full/random90_e30_s0"] = full_args(full_zip, 0.9, 0, epochs=30.0,
+                                          extra=("--config.mask.score_init=random",))
+  return out
+
+
+# The order `run full` takes: one seed of every 90% arm first, then the other seeds.
+FULL_ORDER = (
+    "full/jackpot90_s0", "full/finetune90_s0", "full/bnrecal90_s0", "full/random90_s0",
+    "full/jackpot90_s1", "full/finetune90_s1", "full/jackpot90_s2", "full/finetune90_s2",
+    "full/jackpot90_T_s0", "full/finetune90_lr0.1_s0", "full/random90_e30_s0",
+    "full/jackpot95_s0", "full/finetune95_s0", "full/bnrecal95_s0",
+    "full/jackpot95_s1", "full/finetune95_s1", "full/jackpot95_s2", "full/finetune95_s2",
+    "full/jackpot95_T_s0", "full/finetune95_lr0.1_s0",
+    "full/random90_s1", "full/random90_s2",
+)
 
 
 def command(name: str, root: str, **kw) -> list[str]:
@@ -358,10 +434,182 @@ def collect(root: str) -> str:
   return text
 
 
+# ------------------------------------------------------------ full-data collection
+def _mean_std(xs):
+  xs = [x for x in xs if x is not None]
+  if not xs:
+    return None, None, 0
+  a = np.asarray(xs, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else None, a.size
+
+
+def _pm(mean, std, n) -> str:
+  if mean is None:
+    return "-"
+  return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
+
+
+def _iou(a, b) -> float:
+  """IoU of the kept entries of two mask trees over their common masked leaves."""
+  import jax
+  inter = union = 0
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x, bool), np.asarray(y, bool)
+    if x.all() and y.all():   # leaves nobody prunes (classifier, BN): not searched
+      continue
+    inter += int(np.sum(x & y))
+    union += int(np.sum(x | y))
+  return inter / max(union, 1)
+
+
+def steps_to_reach(curve, target):
+  hit = [st for st, a in curve if a >= target]
+  return hit[0] if hit else None
+
+
+def collect_full(root: str, dense: float | None) -> str:
+  """Tables and figures of the full-data experiment (issue 12) from what has finished."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(FIG, exist_ok=True)
+  S = {n: load(root, n) for n in full_runs()}
+  acc = lambda n: S[n]["final_eval"]["accuracy"] if S.get(n) else None  # noqa: E731
+  lines = ["### Full data: jackpots against the controls (10 search epochs, full 10k test)",
+           "", f"Dense (the pretrained ResNet-20, full test): **{pct(dense)}%**. "
+           "Mean ± sample std over seeds (n = number of finished seeds).", "",
+           "| sparsity | dense | magnitude, no search | magnitude + BN re-estimation | "
+           "jackpot (no weight training) | jackpot + 1-epoch +T | magnitude + fine-tune "
+           "(lr 0.01, wd 0) | magnitude + fine-tune (lr 0.1, wd 5e-4) | jackpot - dense |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for sp in (90, 95):
+    jack = _mean_std([acc(f"full/jackpot{sp}_s{s}") for s in FULL_SEEDS])
+    ft = _mean_std([acc(f"full/finetune{sp}_s{s}") for s in FULL_SEEDS])
+    first = next((S[n] for n in (f"full/jackpot{sp}_s0", f"full/finetune{sp}_s0")
+                  if S.get(n)), None)
+    mag = first["initial_eval"]["accuracy"] if first else None
+    t = S.get(f"full/jackpot{sp}_T_s0")
+    plus_t = t["finetune"]["final_eval"]["accuracy"] if t and "finetune" in t else None
+    if t is None:
+      tpath = os.path.join(root, f"full/jackpot{sp}_T_s0", "finetune", "summary.json")
+      if os.path.exists(tpath):
+        with open(tpath) as f:
+          plus_t = json.load(f)["final_eval"]["accuracy"]
+    gap = "-" if jack[0] is None or dense is None else f"{100 * (jack[0] - dense):+.2f}"
+    lines.append(f"| {sp}% | {pct(dense)} | {pct(mag)} | {pct(acc(f'full/bnrecal{sp}_s0'))} | "
+                 f"{_pm(*jack)} | {pct(plus_t)} | {_pm(*ft)} | "
+                 f"{pct(acc(f'full/finetune{sp}_lr0.1_s0'))} | {gap} |")
+  lines.append("")
+
+  # Accuracy against search steps, seed bands, dense line.
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for arm, label, color in (("jackpot", "jackpot (scores only)", "C0"),
+                            ("finetune", "magnitude + fine-tune", "C1"),
+                            ("random", "random-init search", "C2")):
+    curves = [eval_curve(S[n]) for n in (f"full/{arm}90_s{s}" for s in FULL_SEEDS) if S.get(n)]
+    if not curves:
+      continue
+    common = sorted(set.intersection(*(set(st for st, _ in c) for c in curves)))
+    vals = np.asarray([[dict(c)[st] for st in common] for c in curves]) * 100
+    ax.plot(common, vals.mean(0), "o-", ms=3, color=color, label=f"{label} (n={len(curves)})")
+    if len(curves) > 1:
+      ax.fill_between(common, vals.min(0), vals.max(0), color=color, alpha=0.2)
+  if dense is not None:
+    ax.axhline(100 * dense, color="gray", ls="--", label="dense")
+  ax.set_xlabel("search / fine-tune step (batch 256)")
+  ax.set_ylabel("test accuracy (%), full 10k")
+  ax.set_title("ResNet-20, CIFAR-10, 90% sparse (band: min-max over seeds)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, "full_accuracy_vs_steps.png"), dpi=120)
+  plt.close(fig)
+
+  # Accuracy against sparsity.
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for arm, label in (("jackpot", "jackpot"), ("finetune", "magnitude + fine-tune"),
+                     ("bnrecal", "magnitude + BN re-estimation")):
+    xs, ms, es = [], [], []
+    for sp in (90, 95):
+      m, sd, n = _mean_std([acc(f"full/{arm}{sp}_s{s}") for s in FULL_SEEDS])
+      if m is not None:
+        xs.append(sp); ms.append(100 * m); es.append(100 * (sd or 0.0))
+    if xs:
+      ax.errorbar(xs, ms, yerr=es, fmt="o-", capsize=3, label=label)
+  if dense is not None:
+    ax.axhline(100 * dense, color="gray", ls="--", label="dense")
+  ax.set_xlabel("sparsity (%)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, "full_accuracy_vs_sparsity.png"), dpi=120)
+  plt.close(fig)
+
+  # Search cost: steps to reach 95% of the converged random-init accuracy.
+  lines += ["### Full data: search cost, magnitude vs random score init (90%)", "",
+            "| run | final accuracy | steps to reach 95% of the converged random-init "
+            "accuracy |", "|---|---|---|"]
+  conv = S.get("full/random90_e30_s0")
+  target = 0.95 * conv["final_eval"]["accuracy"] if conv else None
+  for name in ("full/jackpot90_s0", "full/random90_s0", "full/random90_e30_s0"):
+    if S.get(name):
+      reach = steps_to_reach(eval_curve(S[name]), target) if target else None
+      lines.append(f"| {name} | {pct(acc(name))} | "
+                   f"{'-' if target is None else (reach if reach is not None else 'not reached')} |")
+  jm = _mean_std([acc(f"full/jackpot90_s{s}") for s in FULL_SEEDS])
+  rm = _mean_std([acc(f"full/random90_s{s}") for s in FULL_SEEDS])
+  lines += ["", f"Equal budget (10 epochs): magnitude init {_pm(*jm)}, random init {_pm(*rm)}.",
+            f"Target (95% of the 30-epoch random-init accuracy): {pct(target)}.", ""]
+
+  # The independent overlap test.
+  lines += ["### Full data: overlap of an independently searched mask (90%)", ""]
+  if conv and "mask_analysis" in conv:
+    from lottery_jax.engine.io import load_run
+    m = conv["mask_analysis"]
+    bars = {"magnitude": m["iou_magnitude"], "saliency |g*w|": m.get("iou_saliency"),
+            "random mask": m["iou_random"], "chance": m["iou_chance"]}
+    if S.get("full/jackpot90_s0"):
+      bars["jackpot (seed 0)"] = _iou(load_run(os.path.join(root, "full/random90_e30_s0"))["masks"],
+                                      load_run(os.path.join(root, "full/jackpot90_s0"))["masks"])
+    lines += ["IoU of the kept weights of the 30-epoch random-init search with:", "",
+              "| reference mask | IoU |", "|---|---|"]
+    lines += [f"| {k} | {'-' if v is None else f'{v:.4f}'} |" for k, v in bars.items()]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ks = [k for k, v in bars.items() if v is not None]
+    ax.bar(ks, [bars[k] for k in ks], color="C2")
+    ax.set_ylabel("IoU with the random-init mask")
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(FIG, "full_overlap.png"), dpi=120)
+    plt.close(fig)
+  else:
+    lines.append("(full/random90_e30_s0 has not finished)")
+  for sp in (90, 95):
+    j = S.get(f"full/jackpot{sp}_s0")
+    if j and "mask_analysis" in j:
+      ma = j["mask_analysis"]
+      lines.append(f"- jackpot {sp}% (seed 0): {100 * ma['fraction_changed_from_init']:.2f}% of "
+                   f"entries changed from its magnitude init; IoU with the magnitude mask "
+                   f"{ma['iou_magnitude']:.4f} (chance {ma['iou_chance']:.4f}).")
+  lines.append("")
+  lines += ["### Full data: every finished run", "",
+            "| run | initial eval | final eval | steps | wall (s) |", "|---|---|---|---|---|"]
+  for name in FULL_ORDER:
+    s = S.get(name)
+    if s:
+      lines.append(f"| {name} | {pct(s['initial_eval']['accuracy'])} | "
+                   f"{pct(s['final_eval']['accuracy'])} | {s['steps']} | {s['wall_time_s']:.0f} |")
+    else:
+      lines.append(f"| {name} | not run yet | | | |")
+  text = "\n".join(lines)
+  print(text)
+  return text
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("what", choices=("subset", "commands", "run", "export", "collect"))
+  ap.add_argument("what", choices=("subset", "commands", "run", "export", "collect",
+                                   "collect_full"))
   ap.add_argument("names", nargs="*")
   ap.add_argument("--zip", default=FULL_ZIP)
   ap.add_argument("--sub-zip", default=SUB_ZIP)
@@ -377,9 +625,19 @@ def main() -> None:
       print(shlex.join(["python", "-m", "lottery_jax.main"] + runs(**kw)[name]
                        + [f"--workdir={os.path.join(a.root, name)}"]))
   elif a.what == "run":
-    run(a.names or list(runs()), a.root, **kw)
+    names = []
+    for n in a.names or list(runs()):
+      names += list(FULL_ORDER) if n == "full" else [n]
+    run(names, a.root, **kw)
   elif a.what == "export":
     export(a.root)
+  elif a.what == "collect_full":
+    path = os.path.join(FULL_CKPT, "summary.json")
+    dense = None
+    if os.path.exists(path):
+      with open(path) as f:
+        dense = json.load(f)["final_eval"]["accuracy"]
+    collect_full(a.root, dense)
   else:
     collect(a.root)
 
