@@ -23,6 +23,7 @@ RESUME_NEUTRAL = (
 ALLOCATIONS = ("global_magnitude", "uniform", "erk")
 SCORE_INITS = ("magnitude", "abs", "random")
 RATE_SCHEDULES = ("constant", "decay")
+IMP_SCOPES = ("global", "layerwise")
 CONV_IMPLS = ("xla", "torch")
 
 
@@ -74,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.start.workdir = ""
   c.start.step = -1
   c.start.optimizer = True
+  c.start.weights = True        # False: keep this stage's own starting weights and
+                                # BatchNorm statistics (fresh init, or `pretrained`) and
+                                # take only step, data position and RNG (and the
+                                # optimiser, per start.optimizer) from the fork
 
   c.rewind_step = -1            # k >= 0: keep the full state at step k in <workdir>/rewind
   c.stop_epochs = 0.0           # > 0: stop after this many epochs of the schedule
@@ -105,6 +110,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.num_epochs = 0.0
   c.finetune.learning_rate = 0.01
   c.finetune.weight_decay = 0.0
+
+  # Iterative magnitude pruning with rewinding (experiment "imp", lottery_jax.tickets;
+  # ALGORITHMS.md section 3). Level 0 trains densely; level L prunes a fraction
+  # `prune_fraction` of level L-1's surviving weights (ranked by level L-1's final
+  # |w|) and retrains the survivors from the rewind point.
+  c.imp = ml_collections.ConfigDict()
+  c.imp.levels = 0              # pruning levels after the dense level 0 (in a stage's
+                                # config: the level that stage prunes to)
+  c.imp.prune_fraction = 0.2    # of the surviving weights, per level
+  c.imp.scope = "global"        # "global": one |w| ranking over the prunable leaves;
+                                # "layerwise": each leaf prunes its own fraction
+  c.imp.classifier_half_rate = False  # the classifier pruned on its own at
+                                      # prune_fraction / 2 (needs prune_classifier)
+  c.imp.rewind_step = 0         # every level restarts from the dense run's step k
+                                # (0 = its initialisation)
+  c.imp.rewind_epoch = 0.0      # > 0: the rewind point in epochs (instead of rewind_step)
+  c.imp.controls = True         # per level: random re-initialisation, random pruning
+
+  # Ticket vs re-initialisation vs prune & fine-tune at an equal budget (experiment
+  # "ticket_vs_finetune", seed 002): per learning rate, dense pretraining for
+  # `num_epochs`, a one-shot `sparsity` mask by `allocation`, three sparse arms.
+  c.ticket_vs_finetune = ml_collections.ConfigDict()
+  c.ticket_vs_finetune.learning_rates = ()  # the sweep; () = optimizer.learning_rate
+  c.ticket_vs_finetune.sparse_epochs = 0.0  # each arm's length; 0 = num_epochs
 
   c.analysis = ml_collections.ConfigDict()
   c.analysis.enabled = True
@@ -160,6 +189,32 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.siblings.count > 0 and c.siblings.count % c.siblings.mesh_axis == 0,
          "siblings.mesh_axis", c.siblings.mesh_axis,
          f"a divisor of siblings.count={c.siblings.count}")
+  need(isinstance(c.start.weights, bool), "start.weights", c.start.weights, "True or False")
+  imp = c.get("imp")
+  if imp is not None:
+    need(isinstance(imp.levels, int) and imp.levels >= 0, "imp.levels", imp.levels,
+         "an int >= 0")
+    need(isinstance(imp.prune_fraction, (int, float)) and 0.0 < imp.prune_fraction < 1.0,
+         "imp.prune_fraction", imp.prune_fraction, "a number in (0, 1)")
+    need(imp.scope in IMP_SCOPES, "imp.scope", imp.scope, f"one of {IMP_SCOPES}")
+    need(isinstance(imp.rewind_step, int) and imp.rewind_step >= 0, "imp.rewind_step",
+         imp.rewind_step, "an int >= 0 (0 = rewind to the initialisation)")
+    need(isinstance(imp.rewind_epoch, (int, float)) and imp.rewind_epoch >= 0,
+         "imp.rewind_epoch", imp.rewind_epoch, "a number >= 0 (0 = use imp.rewind_step)")
+    need(not (imp.rewind_epoch > 0 and imp.rewind_step > 0), "imp.rewind_epoch",
+         imp.rewind_epoch, f"0 when imp.rewind_step={imp.rewind_step} is set (give one)")
+    need(not imp.classifier_half_rate or c.prune_classifier, "imp.classifier_half_rate",
+         imp.classifier_half_rate, "False unless prune_classifier=True (a classifier "
+         "that is not pruned has no rate)")
+  tvf = c.get("ticket_vs_finetune")
+  if tvf is not None:
+    rates = tuple(tvf.learning_rates)
+    need(all(isinstance(r, (int, float)) and r > 0 for r in rates),
+         "ticket_vs_finetune.learning_rates", rates, "a tuple of numbers > 0")
+    need(len(set(rates)) == len(rates), "ticket_vs_finetune.learning_rates", rates,
+         "distinct values")
+    need(tvf.sparse_epochs >= 0, "ticket_vs_finetune.sparse_epochs", tvf.sparse_epochs,
+         ">= 0 (0 = num_epochs)")
   need(c.finetune.num_epochs >= 0, "finetune.num_epochs", c.finetune.num_epochs, ">= 0")
   need(c.log_every_steps >= 1, "log_every_steps", c.log_every_steps, ">= 1")
   need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps",
@@ -183,12 +238,19 @@ def to_json(c: ml_collections.ConfigDict) -> str:
   return json.dumps(flatten(c), indent=1, sort_keys=True, default=str)
 
 
+def _same(a, b) -> bool:
+  return json.dumps(a, default=str) == json.dumps(b, default=str)
+
+
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """Fields whose values differ (ignoring the resume-neutral ones)."""
   diffs = []
+  defaults = flatten(base_config())
   for key in sorted(set(saved) | set(current)):
     if any(key == n or key.startswith(n + ".") for n in RESUME_NEUTRAL):
       continue
+    if key not in saved and key in defaults and _same(current.get(key), defaults[key]):
+      continue  # a field added to the schema since that run, at its default
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
     if json.dumps(a, default=str) != json.dumps(b, default=str):
       diffs.append(f"{key}: checkpoint has {a!r}, config has {b!r}")

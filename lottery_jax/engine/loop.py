@@ -215,7 +215,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     variables = io.load_pretrained(config.pretrained, config.model.name,
                                    data.info.num_classes, like=variables)
   fork = _load_fork(config, like=variables) if config.start.workdir else None
-  if fork is not None:
+  if fork is not None and config.start.weights:
     variables = {"params": fork.state["params"], "batch_stats": fork.state["batch_stats"]}
   source = None
   if config.mask.source:
@@ -269,7 +269,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
 
 def _load_fork(config, like) -> Fork:
   """The full state of another stage at `config.start.step` (its rewind point or a
-  kept checkpoint), checked against this model."""
+  kept checkpoint), checked against this model. With `config.start.weights=False`
+  the stage keeps its own starting weights and takes the rest (a re-initialisation
+  control that continues another run's schedule and data order)."""
   src = config.start.workdir
   want = int(config.start.step)
   candidates = []
