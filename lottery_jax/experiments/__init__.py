@@ -13,6 +13,7 @@ import ml_collections
 from lottery_jax import search, tickets  # noqa: F401  (register the mask programs)
 from lottery_jax.engine import distributed
 from lottery_jax.experiments import basic  # noqa: F401  (registers the experiments)
+from lottery_jax.experiments.tickets import imp_stages  # noqa: F401  (registers imp)
 from lottery_jax.experiments.basic import finetune_config, quickstart_table
 from lottery_jax.experiments.registry import get, names, register
 
