@@ -3,7 +3,7 @@
 Run:  python benchmarks/search_step.py [--case r32|r50|all] [--repeats 5] [--warmup 3]
 
 Both steps come from `lottery_jax.engine.loop.build` itself (the engine's search
-space, magnitude masks and 1.0/0.99 scores, optimiser, sharded `make_train_step`
+layout, magnitude masks and 1.0/0.99 scores, optimiser, sharded `make_train_step`
 with donation, one mesh over the visible devices) on configs that differ only
 in what they train; weights are random (timings do not depend on them) and the
 batch is synthetic data of the right shape from a benchmark-only data source.
@@ -12,9 +12,9 @@ the swap rule actually swap). Then the variants run interleaved, in rotating
 order, `--repeats` times each, every call ended by `block_until_ready`; figures are
 medians. Variants:
 
-* dense:        Program(train_weights=True) at sparsity 0 (what a pretrain config runs)
-* search:       Program(train_scores=True, mask_update="swap") at 90% sparsity
-* search_fixed: the search step without the swap rule (STE + score optimiser only)
+* dense:        mask program "dense" (weights train; what a pretrain config runs)
+* search:       mask program "jackpot" (scores train, swap rule) at 90% sparsity
+* search_fixed: the search step with update rule "fixed" (STE + score optimiser only)
 
 and, on the same model's search state, two parts timed alone:
 
@@ -89,14 +89,14 @@ class Case:
                       examples=2 * batch_size)
     mesh = loop.make_mesh()
 
-    def config(train, sparsity, update_rule):
+    def config(program, sparsity, update_rule):
       c = base_config()
       c.seed = seed
       c.model.name = model_name
       c.model.conv = conv   # the convolution lowering, as `--config.model.conv`
       c.data.name = "_bench_synthetic"
       c.data.batch_size = batch_size
-      c.train, c.sparsity, c.mask.update_rule = train, sparsity, update_rule
+      c.mask.program, c.sparsity, c.mask.update_rule = program, sparsity, update_rule
       c.optimizer.weight_decay = weight_decay
       c.num_steps = total_steps
       c.search_random_weights = True  # random weights: timings do not depend on them
@@ -105,25 +105,25 @@ class Case:
     self.name, self.batch_size = model_name, batch_size
     with jax.transfer_guard("allow"):
       self.runs = {
-          "dense": loop.build(config("weights", 0.0, "fixed"), mesh),   # a pretrain config
-          "search": loop.build(config("scores", sparsity, "swap"), mesh),
-          "search_fixed": loop.build(config("scores", sparsity, "fixed"), mesh),
+          "dense": loop.build(config("dense", 0.0, ""), mesh),   # a pretrain config
+          "search": loop.build(config("jackpot", sparsity, "swap"), mesh),
+          "search_fixed": loop.build(config("jackpot", sparsity, "fixed"), mesh),
       }
       self.batch = next(self.runs["dense"].data.train_iter())
     search = self.runs["search"]
-    self.space = space = search.space
-    self.params = params = search.pretrained["params"]
-    self.prune_total = sum(jax.tree.leaves(space.prune_counts))
+    self.layout = layout = search.layout
+    self.params = params = search.starting_variables["params"]
+    self.prune_total = sum(jax.tree.leaves(layout.prune_counts))
     self.searched_total = sum(int(np.size(w)) for w, s in zip(
-        jax.tree.leaves(params), jax.tree.leaves(space.searched)) if s)
+        jax.tree.leaves(params), jax.tree.leaves(layout.masked)) if s)
     self.steps = {k: r.train_step for k, r in self.runs.items()}
     self.states = {k: r.state for k, r in self.runs.items()}  # each step donates its own
     self.swaps_seen: list[int] = []
 
     # Parts of the search step, alone.
-    treedef = jax.tree.structure(space.prune_counts)
-    flags = treedef.flatten_up_to(space.searched)
-    counts = treedef.flatten_up_to(space.prune_counts)
+    treedef = jax.tree.structure(layout.prune_counts)
+    flags = treedef.flatten_up_to(layout.masked)
+    counts = treedef.flatten_up_to(layout.prune_counts)
     idx = [i for i, f in enumerate(flags) if f]
 
     @jax.jit
@@ -135,7 +135,7 @@ class Case:
     @jax.jit
     def ste_alone(scores, masks, cotangent):
       def f(s):
-        return effective_params(params, s, masks, space.searched, straight_through=True)
+        return effective_params(params, s, masks, layout.masked, straight_through=True)
       eff, vjp = jax.vjp(f, scores)
       return eff, vjp(cotangent)[0]
 

@@ -44,10 +44,12 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lottery_jax import convert, masks as mask_algebra, models  # noqa: E402
-from lottery_jax.engine.state import Program, TrainState  # noqa: E402
+from lottery_jax.engine import programs  # noqa: E402
+from lottery_jax.engine.config import base_config  # noqa: E402
+from lottery_jax.engine.state import TrainState, partition_placeholders  # noqa: E402
 from lottery_jax.engine.step import make_train_step  # noqa: E402
 from lottery_jax.models import conv  # noqa: E402
-from lottery_jax.search import constant_rate, jackpot  # noqa: E402,F401
+from lottery_jax.search import jackpot  # noqa: E402
 
 
 def torch_resnet32(num_classes: int = 10):
@@ -70,33 +72,38 @@ def build_jax(model, variables, impl: str, sparsity: float, batch):
   ones = jax.tree.map(lambda w: jnp.ones(w.shape, bool), params)
   zero_scores = jax.tree.map(lambda w: jnp.zeros((), w.dtype), params)
 
-  dense_program = Program(train_weights=True, train_scores=False, mask_update="fixed")
-  dense_space = jackpot.SearchSpace(
-      searched=jax.tree.map(lambda _: False, params),
-      sparsities=jax.tree.map(lambda _: 0.0, params),
-      prune_counts=jax.tree.map(lambda _: 0, params))
+  def program(name, **fields):
+    c = base_config()
+    c.mask.program = name
+    c.search_random_weights = True
+    c.update_from_flattened_dict(fields)
+    return programs.get_program(c, total_steps=10_000)
+
+  dense_program = program("dense")
+  dense_layout = programs.dense_layout(params)
   dense_state = TrainState(
       step=jnp.zeros((), jnp.int32), params=fresh(params), batch_stats=fresh(batch_stats),
-      scores=zero_scores, masks=ones, opt_state=tx.init({"params": params}),
-      rng=jax.random.PRNGKey(0), bad_step=jnp.full((), -1, jnp.int32))
+      scores=zero_scores, masks=ones, partition=partition_placeholders(params),
+      opt_state=tx.init({"params": params}), rng=jax.random.PRNGKey(0),
+      bad_step=jnp.full((), -1, jnp.int32))
 
-  search_program = Program(train_weights=False, train_scores=True, mask_update="swap")
-  space = jackpot.search_space(params, sparsity, "uniform", where)
-  masks, scores = jackpot.initial_masks_and_scores(jax.random.PRNGKey(1), params, space,
+  # The jackpot program with the swap rule at rate 1 (the reference).
+  search_program = program("jackpot", **{"sparsity": sparsity, "mask.update_rule": "swap"})
+  layout = jackpot.search_layout(params, sparsity, "uniform", where)
+  masks, scores = jackpot.initial_masks_and_scores(jax.random.PRNGKey(1), params, layout,
                                                    "magnitude")
   search_state = TrainState(
       step=jnp.zeros((), jnp.int32), params=fresh(params), batch_stats=fresh(batch_stats),
-      scores=scores, masks=masks, opt_state=tx.init({"scores": scores}),
-      rng=jax.random.PRNGKey(0), bad_step=jnp.full((), -1, jnp.int32))
+      scores=scores, masks=masks, partition=partition_placeholders(params),
+      opt_state=tx.init({"scores": scores}), rng=jax.random.PRNGKey(0),
+      bad_step=jnp.full((), -1, jnp.int32))
 
   # `use_impl` acts at trace time, and jit traces lazily: compile ahead of time inside
   # the block, or every impl would silently run the default lowering.
   with conv.use_impl(impl):
-    dense_step = make_train_step(model, tx, dense_program, searched=dense_space.searched,
-                                 prune_counts=dense_space.prune_counts)
+    dense_step = make_train_step(model, tx, dense_program, dense_layout, conv_impl=impl)
     dense_step = dense_step.lower(dense_state, batch).compile()
-    search_step = make_train_step(model, tx, search_program, searched=space.searched,
-                                  prune_counts=space.prune_counts, rate_fn=constant_rate(1.0))
+    search_step = make_train_step(model, tx, search_program, layout, conv_impl=impl)
     search_step = search_step.lower(search_state, batch).compile()
     forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
     forward = forward.lower(variables, batch["image"]).compile()
