@@ -123,6 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
                                 # "layerwise": each leaf prunes its own fraction
   c.imp.classifier_half_rate = False  # the classifier pruned on its own at
                                       # prune_fraction / 2 (needs prune_classifier)
+  c.imp.layer_fractions = ()    # ((path pattern, fraction), ...): matching leaves are
+                                # pruned on their own at that fraction per level
   c.imp.rewind_step = 0         # every level restarts from the dense run's step k
                                 # (0 = its initialisation)
   c.imp.rewind_epoch = 0.0      # > 0: the rewind point in epochs (instead of rewind_step)
@@ -203,6 +205,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "imp.rewind_epoch", imp.rewind_epoch, "a number >= 0 (0 = use imp.rewind_step)")
     need(not (imp.rewind_epoch > 0 and imp.rewind_step > 0), "imp.rewind_epoch",
          imp.rewind_epoch, f"0 when imp.rewind_step={imp.rewind_step} is set (give one)")
+    need(all(isinstance(e, (tuple, list)) and len(e) == 2 and isinstance(e[0], str)
+             and isinstance(e[1], (int, float)) and 0.0 < e[1] < 1.0
+             for e in imp.layer_fractions), "imp.layer_fractions", imp.layer_fractions,
+         "a tuple of (path pattern, fraction in (0, 1)) pairs")
     need(not imp.classifier_half_rate or c.prune_classifier, "imp.classifier_half_rate",
          imp.classifier_half_rate, "False unless prune_classifier=True (a classifier "
          "that is not pruned has no rate)")

@@ -39,9 +39,10 @@ def weight_correlation(theta_0, theta_T, masks, where=mask_algebra.prunable
                        ) -> dict[str, Any]:
   """Pearson r(theta_0, theta_T): pooled over `where`'s leaves (`all`), over the
   entries `masks` keeps (`kept`), per layer (`per_layer[name]` with `all`, `kept`,
-  `size`, `kept_count`), and `top_overlap`: the IoU of `masks` with the magnitude
-  masks of theta_0 at the same per-leaf counts (`iou`, pooled), beside the IoU
-  random masks at those densities would have (`iou_chance`).
+  `size`, `kept_count`, `top_overlap_iou`), and `top_overlap`: the IoU of `masks`
+  with the magnitude masks of theta_0 at the same per-leaf counts (`iou`, pooled over
+  the leaves `masks` prunes), beside the IoU random masks at those densities would
+  have (`iou_chance`).
 
   Args:
     theta_0, theta_T: params pytrees of one structure (host or device arrays).
@@ -78,13 +79,15 @@ def weight_correlation(theta_0, theta_T, masks, where=mask_algebra.prunable
   sparsities = jax.tree.map(lambda m: 1.0 - float(np.mean(np.asarray(m, bool))), masks)
   masks_0 = jax.tree.map(np.asarray, mask_algebra.magnitude(theta_0, sparsities, where))
   masks = jax.tree.map(lambda m: np.asarray(m, bool), masks)
-  overlap = mask_algebra.overlap(masks, masks_0, where)
+  # Pooled over the leaves the mask prunes: a leaf kept whole agrees trivially.
+  pruned = lambda path, m: where(path, m) and not np.all(m)  # noqa: E731
+  overlap = mask_algebra.overlap(masks, masks_0, pruned)
   for (path, w0), iou in zip(leaves0, jax.tree.leaves(overlap.per_leaf)):
     name = mask_algebra.path_str(path)
     if name in per_layer:
       per_layer[name]["top_overlap_iou"] = float(iou)
   out["top_overlap"] = {"iou": float(overlap.total),
-                        "iou_chance": float(_chance(masks, where))}
+                        "iou_chance": float(_chance(masks, pruned))}
   return out
 
 

@@ -16,8 +16,12 @@ at exactly zero; the mask never changes within a stage):
   and the count is per leaf; with "global", n is the size of all prunable leaves
   together and one ranking over them decides where the count falls (ties: leaf
   order, then flat index; each leaf's largest surviving weight is never pruned, so no
-  leaf empties). With `imp.classifier_half_rate` the classifier is pruned on its own,
-  at `prune_count(1 - (1 - p/2)^L, n)` (the 2019 reference's LeNet rule).
+  leaf empties). Leaves matched by `imp.layer_fractions` (pairs `(pattern, q)`;
+  patterns as in `masks.prunable_except`: substring, fnmatch or regex of the leaf
+  path; the first match wins) are pruned on their own at
+  `prune_count(1 - (1 - q)^L, n)`, e.g. Frankle & Carbin's Conv-2/4/6 rates (conv 10%,
+  fc 20%, output 10%). With `imp.classifier_half_rate` the classifier is pruned on
+  its own at q = p / 2 (the 2019 reference's LeNet rule).
 
   open_lth (`pruning/sparse_global.py`) prunes `ceil(p * surviving)` at each level,
   so its counts compound the rounding; ours target the closed form of each level
@@ -64,7 +68,7 @@ def classifier_predicate(classifier_path):
 
 
 def imp_masks(ranked, previous, where, *, level: int, prune_fraction: float,
-              scope: str = "global", half_rate=None):
+              scope: str = "global", own_fractions=()):
   """The IMP masks of `level` (bool NumPy, like `ranked`), from the previous level's
   masks and the final weights `ranked` whose |w| decides.
 
@@ -75,8 +79,8 @@ def imp_masks(ranked, previous, where, *, level: int, prune_fraction: float,
     level: the level L >= 1 to prune to.
     prune_fraction: p in (0, 1).
     scope: "global" or "layerwise".
-    half_rate: None, or a predicate selecting leaves (the classifier) pruned on
-      their own at rate p / 2.
+    own_fractions: `(predicate, q)` pairs: a prunable leaf matched by a predicate
+      (the first that matches) is pruned on its own at fraction q instead.
 
   Raises:
     CheckpointMismatchError: `previous` prunes more of a leaf (or pool) than level
@@ -88,7 +92,7 @@ def imp_masks(ranked, previous, where, *, level: int, prune_fraction: float,
   if len(prev) != len(leaves):
     raise CheckpointMismatchError(
         f"imp: the source masks have {len(prev)} leaves, its weights {len(leaves)}")
-  values, kept, groups_pool, groups_half = [], [], [], []
+  values, kept, groups_pool, groups_own = [], [], [], []
   for i, ((path, w), m) in enumerate(zip(leaves, prev)):
     m = np.asarray(m, bool).reshape(-1).copy()
     values.append(np.abs(np.asarray(w, np.float32)).reshape(-1))
@@ -96,8 +100,9 @@ def imp_masks(ranked, previous, where, *, level: int, prune_fraction: float,
       kept.append(np.ones_like(m))
       continue
     kept.append(m)
-    if half_rate is not None and half_rate(path, w):
-      groups_half.append([i])
+    own = next((q for match, q in own_fractions if match(path, w)), None)
+    if own is not None:
+      groups_own.append(([i], own))
     else:
       groups_pool.append(i)
   names = [mask_algebra.path_str(p) for p, _ in leaves]
@@ -105,9 +110,8 @@ def imp_masks(ranked, previous, where, *, level: int, prune_fraction: float,
             else ([groups_pool] if groups_pool else []))
   for group in groups:
     _prune_group(values, kept, group, level_sparsity(prune_fraction, level), names, level)
-  for group in groups_half:
-    _prune_group(values, kept, group, level_sparsity(prune_fraction / 2, level), names,
-                 level)
+  for group, q in groups_own:
+    _prune_group(values, kept, group, level_sparsity(q, level), names, level)
   shaped = [k.reshape(np.shape(w)) for k, (_, w) in zip(kept, leaves)]
   return jax.tree.unflatten(treedef, shaped)
 
@@ -150,6 +154,23 @@ def _prune_group(values, kept, group, sparsity, names, level) -> None:
     kept[i][index[pick]] = False
 
 
+def own_fractions(config) -> list:
+  """The `(predicate, fraction)` pairs of `config.imp.layer_fractions` and, with
+  `config.imp.classifier_half_rate`, the model's classifier at half the rate."""
+  out = []
+  for pattern, q in config.imp.layer_fractions:
+    out.append((_matches(pattern), float(q)))
+  if config.imp.classifier_half_rate:
+    out.append((classifier_predicate(models.spec(config.model.name).classifier),
+                config.imp.prune_fraction / 2))
+  return out
+
+
+def _matches(pattern: str):
+  excluded = mask_algebra.prunable_except(pattern, base=lambda path, leaf: True)
+  return lambda path, leaf: not excluded(path, leaf)
+
+
 def _source_or_raise(ctx: programs.Context, program: str):
   if ctx.source is None:
     raise ConfigError(f"config.mask.source='' is invalid for mask program {program!r}: "
@@ -177,13 +198,15 @@ def imp_program(config, total_steps: int) -> programs.MaskProgram:
   def masks_of(ctx: programs.Context):
     if memo.get("ctx") is not ctx:
       source = _source_or_raise(ctx, "imp")
-      half = None
-      if config.imp.classifier_half_rate:
-        half = classifier_predicate(models.spec(config.model.name).classifier)
+      if source.get("params") is None:
+        raise ConfigError(f"config.mask.source={config.mask.source!r} is invalid for mask "
+                          "program 'imp': expected a finished run's workdir (its final "
+                          "weights rank the survivors), not a file of masks")
       memo["ctx"] = ctx
       memo["masks"] = imp_masks(source["params"], source["masks"], ctx.where, level=level,
                                 prune_fraction=config.imp.prune_fraction,
-                                scope=config.imp.scope, half_rate=half)
+                                scope=config.imp.scope,
+                                own_fractions=own_fractions(config))
     return memo["masks"]
 
   def init(ctx, layout):
