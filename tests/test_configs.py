@@ -64,7 +64,10 @@ def test_every_config_is_covered():
   names = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py"))
   covered = {"quickstart", "jackpot_r32_cifar10", "jackpot_vgg19_cifar10",
              "pretrain_r32_cifar10", "pretrain_vgg19_cifar10",
-             "pretrain_resnet20_cifar10", "pretrain_resnet20_cifar10_restart", "jackpot_r50"}
+             "pretrain_resnet20_cifar10", "pretrain_resnet20_cifar10_restart", "jackpot_r50",
+             # run by tests/test_imp.py
+             "imp_quick", "ticket_vs_finetune_quick", "imp_conv_cifar10",
+             "imp_resnet20_cifar10", "ticket_vs_finetune_cifar10"}
   assert set(names) == covered, f"add a test for {set(names) - covered}"
 
 

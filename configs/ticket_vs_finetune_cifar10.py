@@ -1,0 +1,48 @@
+"""Ticket vs re-initialisation vs prune & fine-tune on CIFAR-10 at an equal budget
+(seed 002, Liu et al. ICML 2021): VGG-19 (BN) or MobileNetV2, the learning rate
+swept over 0.01, 0.05 and 0.1 as stages of one run. Per rate: 160 epochs of dense
+pretraining (SGD, momentum 0.9, wd 5e-4, batch 128, lr x0.1 at 80 and 120, flip +
+pad-4 crop), the one-shot global magnitude mask, then 160 epochs of each arm.
+
+  python -m lottery_jax.main \
+      --config=configs/ticket_vs_finetune_cifar10.py:vgg19,folder=../shared/datasets/cifar10-jpeg.zip \
+      --workdir=runs/ticket_vs_finetune_vgg19_cifar10
+
+The argument is the net (`vgg19`: the zoo's CIFAR VGG-19 with BatchNorm,
+`jackpot_vgg19`; `mobilenet_v2`: torchvision's MobileNetV2, whose ImageNet strides
+leave 1x1 feature maps on 32x32 inputs; a CIFAR stem is not in the zoo yet), then
+optionally `,folder=PATH` (without it TFDS cifar10). Not verified against the paper
+(its full text was not available): its learning-rate grid, epochs and sparsities;
+here 0.01 and 0.1 are the pair the lottery-ticket literature contrasts, the
+sparsity is 80% (VGG-19) or 50% (MobileNetV2, already compact).
+
+Measured: not run yet (issue 13.5 holds the evidence runs).
+"""
+
+from lottery_jax import recipes
+
+NETS = {"vgg19": ("jackpot_vgg19", 0.8), "mobilenet_v2": ("mobilenet_v2", 0.5)}
+
+
+def get_config(arg: str = "vgg19"):
+  net, _, data_arg = arg.partition(",")
+  if net not in NETS:
+    raise ValueError(f"config argument {arg!r}: expected one of {sorted(NETS)}, "
+                     "optionally followed by ',folder=PATH'")
+  model, sparsity = NETS[net]
+  c = recipes.cifar_pretrain(data_arg, model=model)
+  c.experiment = "ticket_vs_finetune"
+  c.num_epochs = 160.0
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.schedule = "multistep"
+  c.optimizer.milestones = (80, 120)
+  c.sparsity = sparsity
+  c.allocation = "global_magnitude"
+  c.ticket_vs_finetune.learning_rates = (0.01, 0.05, 0.1)
+  c.ticket_vs_finetune.sparse_epochs = 160.0
+  c.eval_every_epochs = 20.0
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 1
+  return c
