@@ -25,6 +25,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from lottery_jax import experiments, load_run
@@ -164,6 +165,10 @@ def test_imp_quick_end_to_end_invariants_and_sigkill_resume(tmp_path):
       for key, v in flat(saved["batch_stats"]).items():
         np.testing.assert_array_equal(flat(start.batch_stats)[key], v)
     assert all(not np.any(x) for x in jax.tree.leaves(start.opt_state) if np.ndim(x) > 0)
+    counts = [x.count for x in jax.tree.leaves(
+        start.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(x, optax.ScaleByScheduleState)]
+    assert counts and all(int(n) == k for n in counts)   # the schedule goes on from k
   assert stages["reinit_2"].seed == reinit_seed(c.seed)
   assert stages["reinit_2"].data.seed == c.seed   # the same data order as the ticket
 
@@ -340,6 +345,26 @@ def test_layer_fractions_prune_matching_leaves_on_their_own():
                                                               1152)
     assert counts["classifier/kernel"] == mask_algebra.prune_count(
         level_sparsity(0.2, level), 160)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_fresh_optimiser_after_a_rewind_continues_the_schedule(name):
+  """open_lth rewinds weights, not the schedule: the first step after a fork at step k
+  with `start.optimizer=False` uses the learning rate of step k, with fresh buffers."""
+  import ml_collections
+  from lottery_jax.engine.optim import (continue_schedules, learning_rate_schedule,
+                                        make_optimizer)
+  cfg = ml_collections.ConfigDict({"name": name, "learning_rate": 0.1, "momentum": 0.0,
+                                   "weight_decay": 0.0, "schedule": "cosine"})
+  tx = make_optimizer(cfg, total_steps=100, steps_per_epoch=10)
+  params = {"w": np.ones(3, np.float32)}
+  state = continue_schedules(tx.init(params), 40)
+  updates, _ = tx.update({"w": np.ones(3, np.float32)}, state, params)
+  lr = float(learning_rate_schedule(cfg, 100, 10)(40))
+  if name == "sgd":
+    np.testing.assert_allclose(updates["w"], -lr, rtol=1e-6)
+  else:   # Adam's first step from fresh moments is lr * sign(g)
+    np.testing.assert_allclose(updates["w"], -lr, rtol=1e-4)
 
 
 def test_imp_refuses_a_source_that_is_not_the_previous_level():

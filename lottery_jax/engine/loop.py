@@ -43,7 +43,7 @@ from lottery_jax.engine import programs
 from lottery_jax.engine.checkpoint import Checkpointer
 from lottery_jax.engine.errors import (CheckpointMismatchError, ConfigError,
                                        NonFiniteLossError)
-from lottery_jax.engine.optim import make_optimizer
+from lottery_jax.engine.optim import continue_schedules, make_optimizer
 from lottery_jax.engine.state import TrainState, partition_placeholders
 from lottery_jax.engine.step import (DATA_AXIS, SIBLING_AXIS, make_eval_step,
                                      make_train_step, state_sharding)
@@ -302,7 +302,8 @@ def _apply_fork(state: TrainState, fork: Fork, config) -> TrainState:
   if np.ndim(src["step"]) != 0:
     raise CheckpointMismatchError(
         f"{fork.workdir} has a sibling axis; a stage forks from a single-copy stage")
-  opt_state = state.opt_state
+  # Without the source's optimiser: fresh buffers, the schedule continued at the step.
+  opt_state = continue_schedules(state.opt_state, src["step"])
   if config.start.optimizer:
     ours = jax.tree.structure(state.opt_state)
     theirs_leaves = jax.tree.leaves(src["opt_state"])

@@ -6,6 +6,7 @@ gradient before momentum, i.e. `optax.add_decayed_weights` before `optax.sgd`.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -81,3 +82,18 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
   if name == "adamw":
     return optax.adamw(lr, weight_decay=cfg.get("weight_decay", 0.0))
   raise ConfigError(f"optimizer.name={name!r} is unknown; expected 'sgd' or 'adamw'")
+
+
+def continue_schedules(opt_state, step):
+  """A fresh optimiser state whose learning-rate schedules stand at `step` (the
+  schedule's count; every other buffer, momentum and Adam's moments and bias-correction
+  count, stays fresh): a stage forked at step k with `start.optimizer=False` goes on
+  along its schedule from k, as open_lth fast-forwards its schedule when it rewinds."""
+  step = int(step)  # a fresh buffer: never an alias of the caller's (donated) arrays
+
+  def at_step(x):
+    if isinstance(x, optax.ScaleByScheduleState):
+      return x._replace(count=jnp.asarray(step, jnp.asarray(x.count).dtype))
+    return x
+  return jax.tree.map(at_step, opt_state,
+                      is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
