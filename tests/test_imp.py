@@ -199,12 +199,16 @@ def test_imp_quick_end_to_end_invariants_and_sigkill_resume(tmp_path):
     assert config_lib.differences(json.loads(config_lib.to_json(more[name])),
                                   json.loads(config_lib.to_json(stages[name]))) == []
 
-  # The layerwise scope and the half-rate classifier, on the engine's layout.
+  # The layerwise scope and the half-rate classifier: the registered program's layout
+  # on level 0's finished run (what loop.build would compute, without compiling).
   lw = tiny_imp(**{"mask.program": "imp", "mask.source": os.path.join(workdir, "level_0"),
                    "imp.levels": 1, "imp.scope": "layerwise", "imp.prune_fraction": 0.3,
                    "prune_classifier": True, "imp.classifier_half_rate": True})
-  r = loop.build(lw, loop.make_mesh())
-  counts, sizes = flat(r.layout.prune_counts), flat(r.starting_variables["params"])
+  dense = runs["level_0"]
+  ctx = programs.Context(config=lw, params=dense["params"], where=_where(lw),
+                         key=jax.random.PRNGKey(0), source=dense)
+  layout = programs.get_program(lw, total_steps=12).layout(ctx)
+  counts, sizes = flat(layout.prune_counts), flat(dense["params"])
   for key, n in counts.items():
     if key.endswith("['kernel']"):
       rate = 0.15 if "classifier" in key else 0.3
