@@ -25,6 +25,8 @@ SCORE_INITS = ("magnitude", "abs", "random")
 RATE_SCHEDULES = ("constant", "decay")
 IMP_SCOPES = ("global", "layerwise")
 CONV_IMPLS = ("xla", "torch")
+WEIGHT_INITS = ("", "kaiming_uniform", "kaiming_normal", "signed_constant")
+FREEZE_DISTRIBUTIONS = ("uniform", "erk")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,6 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
   # "torch" (PyTorch's oneDNN convolutions as XLA:CPU custom calls) is an opt-in
   # for one-device CPU processes, recorded here and checked on resume like any field.
   c.model.conv = "xla"
+  # Random starting weights drawn by a program that asks for them (strong tickets,
+  # lottery_jax.search.strong): "" = the model's own init; "kaiming_uniform"
+  # U(+-sqrt(6/fan_in)), "kaiming_normal" N(0, 2/fan_in), "signed_constant"
+  # +-sqrt(2/fan_in) with random signs.
+  c.model.weight_init = ""
 
   c.data = ml_collections.ConfigDict()  # filled from lottery_jax.data.default_config(name)
 
@@ -137,6 +144,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.ticket_vs_finetune.learning_rates = ()  # the sweep; () = optimizer.learning_rate
   c.ticket_vs_finetune.sparse_epochs = 0.0  # each arm's length; 0 = num_epochs
 
+  # A random frozen partition of the masked leaves (strong tickets in partially frozen
+  # networks, ALGORITHMS.md section 4; masks.freeze): a fraction `prune_fraction` p
+  # stays pruned, `lock_fraction` r stays kept, the search runs over the rest. Frozen
+  # entries count toward `sparsity`, so each layer needs p_l <= s_l <= 1 - r_l.
+  c.freeze = ml_collections.ConfigDict()
+  c.freeze.prune_fraction = 0.0
+  c.freeze.lock_fraction = 0.0
+  c.freeze.distribution = "uniform"  # per-layer fractions: "uniform" or "erk"
+  c.freeze.seed = -1            # the partition's seed; -1 = config.seed
+
   c.analysis = ml_collections.ConfigDict()
   c.analysis.enabled = True
   c.analysis.saliency_batches = 2
@@ -221,6 +238,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "distinct values")
     need(tvf.sparse_epochs >= 0, "ticket_vs_finetune.sparse_epochs", tvf.sparse_epochs,
          ">= 0 (0 = num_epochs)")
+  need(c.model.get("weight_init", "") in WEIGHT_INITS, "model.weight_init",
+       c.model.get("weight_init"), f"one of {WEIGHT_INITS}")
+  frz = c.get("freeze")
+  if frz is not None:
+    p, r = frz.prune_fraction, frz.lock_fraction
+    need(isinstance(p, (int, float)) and 0.0 <= p < 1.0, "freeze.prune_fraction", p,
+         "a number in [0, 1)")
+    need(isinstance(r, (int, float)) and 0.0 <= r < 1.0, "freeze.lock_fraction", r,
+         "a number in [0, 1)")
+    need(p + r < 1.0, "freeze.lock_fraction", r,
+         f"< 1 - freeze.prune_fraction = {1.0 - p!r} (p + r < 1: something must be "
+         "searchable)")
+    need(frz.distribution in FREEZE_DISTRIBUTIONS, "freeze.distribution",
+         frz.distribution, f"one of {FREEZE_DISTRIBUTIONS}")
+    need(isinstance(frz.seed, int) and frz.seed >= -1, "freeze.seed", frz.seed,
+         "an int >= 0, or -1 for config.seed")
   need(c.finetune.num_epochs >= 0, "finetune.num_epochs", c.finetune.num_epochs, ">= 0")
   need(c.log_every_steps >= 1, "log_every_steps", c.log_every_steps, ">= 1")
   need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps",

@@ -181,6 +181,14 @@ def _batch_spec(mesh: Mesh, siblings: int) -> P:
   return P(None, DATA_AXIS) if siblings else P(DATA_AXIS)
 
 
+def stage_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The keys of a stage with `config.seed=seed`: the model's init, the mask program's
+  (`Context.key`), the train state's RNG. A method that regenerates a run's weights
+  or masks from its seed (strong tickets) derives them here, as `build` does."""
+  init_key, mask_key, state_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return init_key, mask_key, state_key
+
+
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
   """Everything static about a stage, plus its initial state (no I/O to the workdir)."""
   config_lib.validate(config)
@@ -204,8 +212,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
   if tuple(data.info.input_shape) != tuple(spec.input_shape):
     log.info("model %s registered for input %s, data gives %s", spec.name,
              spec.input_shape, data.info.input_shape)
-  key = jax.random.PRNGKey(config.seed)
-  init_key, mask_key, state_key = jax.random.split(key, 3)
+  init_key, mask_key, state_key = stage_keys(config.seed)
   dummy = jnp.zeros((1, *data.info.input_shape), jnp.float32)
   with jax.transfer_guard("allow"):
     variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
@@ -231,6 +238,15 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
   where = programs.prunable_where(config, spec.classifier)
   ctx = programs.Context(config=config, params=variables["params"], where=where,
                          key=mask_key, source=source)
+  if program.params is not None:
+    # The program draws its own starting weights (strong tickets: random weights
+    # from model.weight_init); the layout, the init and the state all see them.
+    with jax.transfer_guard("allow"):
+      drawn = program.params(ctx)
+    io.check_like({"params": drawn}, {"params": variables["params"]},
+                  f"the weights of mask program {program.name!r}")
+    variables = {**variables, "params": drawn}
+    ctx = dataclasses.replace(ctx, params=drawn)
   layout = program.layout(ctx)
   masks, scores = program.init(ctx, layout)
   params = variables["params"]

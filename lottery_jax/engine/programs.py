@@ -144,6 +144,11 @@ class MaskProgram:
     update: the update rule (`UpdateRule`).
     analyses: names of registered analyses (`lottery_jax.engine.analyses`) to run
       on the finished stage.
+    params: optional `params(ctx) -> params`: the program's own starting weights,
+      with the structure and shapes of `ctx.params` (e.g. strong tickets draw random
+      weights from `config.model.weight_init`). `loop.build` calls it before
+      `layout` and `init`, which then see the returned weights in `ctx.params`;
+      None keeps the model's fresh init (or `config.pretrained`, or a fork's).
   """
 
   name: str
@@ -152,6 +157,7 @@ class MaskProgram:
   init: Callable[[Context, Layout], tuple[Any, Any]]
   update: "UpdateRule"
   analyses: tuple[str, ...] = ()
+  params: Callable[[Context], Any] | None = None
 
   def __post_init__(self):
     if self.trains not in TRAINS:
@@ -173,12 +179,19 @@ class UpdateRule:
   `apply(scores, masks, counts, partitions, step)` gets the masked leaves only, as
   lists (float32 scores, bool masks, Python-int prune counts, int8 partition codes
   or None) and returns `(new_masks, changes)`, `changes[i]` an int32 scalar (the
-  number of entries revived in leaf i, which equals the number dropped).
+  number of entries revived in leaf i, which equals the number dropped). `ranked`
+  (optional) is the elementwise function of the scores the rule ranks; the train
+  step's straight-through estimator runs through it.
   """
 
   name: str
   apply: UpdateFn | None = None   # None: masks never change
   needs_scores: bool = False
+  # What the rule ranks, as a function of the raw scores (None: the scores as they
+  # are). The forward's straight-through estimator runs through it, so the scores'
+  # gradient is the ranked quantity's: "topk" ranks |score| and, as edge-popup's
+  # `GetSubnet.apply(scores.abs())`, gets dL/dS = sign(S) dL/dW_eff W.
+  ranked: Callable[[jax.Array], jax.Array] | None = None
 
   @property
   def changes_masks(self) -> bool:
@@ -285,7 +298,7 @@ def _topk_rule(config, total_steps):
       changes.append(jnp.sum(new & ~m).astype(jnp.int32))
     return out, changes
 
-  return UpdateRule("topk", apply=apply, needs_scores=True)
+  return UpdateRule("topk", apply=apply, needs_scores=True, ranked=jnp.abs)
 
 
 def _topk_leaf(score, prune_count: int, partition):

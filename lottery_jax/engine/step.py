@@ -51,6 +51,9 @@ def make_train_step(model, tx: optax.GradientTransformation, program: MaskProgra
   def loss_fn(trainable, state: TrainState, batch):
     params = trainable.get("params", state.params)
     scores = trainable.get("scores", state.scores)
+    if train_scores and rule.ranked is not None:
+      # The estimator runs through what the rule ranks (|S| for "topk").
+      scores = jax.tree.map(lambda s, f: rule.ranked(s) if f else s, scores, layout.masked)
     eff = effective_params(params, scores, state.masks, layout.masked,
                            straight_through=train_scores)
     logits, new_vars = model.apply(
