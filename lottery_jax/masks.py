@@ -50,7 +50,8 @@ import numpy as np
 
 __all__ = [
     "LOCKED", "PRUNED", "SEARCHABLE", "LeafStats", "Overlap", "Partition",
-    "Summary", "allocate", "apply", "chance_overlap", "density", "erk_sparsities",
+    "Combined", "Summary", "allocate", "apply", "chance_overlap", "combine_by_rank",
+    "density", "erk_sparsities",
     "freeze", "frozen_pruned", "intersection", "locked", "magnitude", "overlap",
     "pack", "partition_summary", "path_str", "prunable", "prunable_except",
     "prune_count", "prune_counts", "random", "searchable", "sparsity",
@@ -887,6 +888,101 @@ def intersection(*masks: PyTree) -> PyTree:
   _, all_leaves, treedef = _mask_leaves("intersection", masks)
   out = [functools.reduce(jnp.logical_and, group) for group in zip(*all_leaves)]
   return jax.tree.unflatten(treedef, out)
+
+
+class Combined(NamedTuple):
+  """Result of :func:`combine_by_rank`.
+
+  ``masks``: the combined boolean masks (all-True on leaves not selected);
+  ``kept``: the number of selected weights kept; ``per_copy_kept``: the per-copy
+  top-``q`` count ``q`` that the combined set corresponds to (the literal union /
+  intersection of per-copy global magnitude masks keeping ``q`` weights each
+  equals ``masks`` when no tie straddles the cut); ``protected``: weights kept only
+  because their leaf would otherwise be pruned whole (0 except at extreme targets).
+  """
+  masks: PyTree
+  kept: int
+  per_copy_kept: int
+  protected: int = 0
+
+
+def combine_by_rank(params: Sequence[PyTree], sparsity: float, mode: str,
+                    where: Predicate = prunable) -> Combined:
+  """Union or intersection of the global magnitude masks of several weight trees,
+  at exactly the global ``sparsity`` (the count rule of :func:`prune_count` over
+  the selected weights). Concrete inputs only (host NumPy).
+
+  Each copy ranks the selected weights by ``|w|``, largest first (rank 0), over
+  all selected leaves together; equal magnitudes rank the higher global index
+  (leaf order, then flat index) first, so a single copy gives exactly the mask of
+  ``magnitude(w, allocate(w, sparsity, "global_magnitude"))``. A weight's combined
+  key is its smallest rank over the copies (``mode="union"``: kept if kept in any
+  copy's top-``q``) or its largest (``"intersection"``: kept if in every copy's
+  top-``q``). The ``N - prune_count(sparsity, N)`` weights with the smallest keys
+  are kept; equal keys keep the higher global index first. This is the search
+  over the per-copy threshold ``q`` done exactly: keeping every key ``< q``
+  is the literal union/intersection of per-copy top-``q`` masks, and the cut at
+  the target count falls inside the key class ``q - 1``, which is split by index.
+
+  As :func:`allocate`, no selected leaf is pruned whole: each leaf's best weight
+  (smallest key) is always kept and the next-ranked weight elsewhere is dropped
+  instead (`Combined.protected` counts these; they matter at extreme targets only).
+
+  Raises:
+    ValueError: an unknown ``mode``, differing tree structures or shapes, or a
+      target that keeps fewer weights than there are selected leaves.
+  """
+  if mode not in ("union", "intersection"):
+    raise ValueError(f"combine_by_rank: mode {mode!r} is unknown; expected 'union' or "
+                     "'intersection'")
+  if not params:
+    raise ValueError("combine_by_rank: needs at least one weight tree")
+  _check_sparsity("combine_by_rank", None, sparsity)
+  paths, first, treedef = _flatten(params[0])
+  copies = [first] + [_aligned_leaves("combine_by_rank", "params[0]", params[0],
+                                      f"params[{j}]", t, treedef)
+                      for j, t in enumerate(params[1:], start=1)]
+  idx = [i for i, (p, leaf) in enumerate(zip(paths, first)) if where(p, leaf)]
+  sizes = [_size(first[i]) for i in idx]
+  total = sum(sizes)
+  keep = total - prune_count(sparsity, total) if total else 0
+  key = None
+  for leaves in copies:
+    for i in idx:
+      if np.shape(leaves[i]) != np.shape(first[i]):
+        raise ValueError(f"combine_by_rank: leaf '{path_str(paths[i])}' has shape "
+                         f"{np.shape(leaves[i])} in one copy and {np.shape(first[i])} "
+                         "in the first")
+    mag = np.concatenate([np.abs(np.asarray(leaves[i], np.float64)).reshape(-1)
+                          for i in idx]) if idx else np.zeros(0)
+    # Largest first; among equal magnitudes the higher index first (stable sort
+    # of the reversed vector, indices mapped back).
+    order = (total - 1) - np.argsort(-mag[::-1], kind="stable")
+    rank = np.empty(total, np.int64)
+    rank[order] = np.arange(total)
+    key = rank if key is None else (np.minimum(key, rank) if mode == "union"
+                                    else np.maximum(key, rank))
+  # As `allocate`: no selected leaf is pruned whole. Each leaf's best weight (smallest
+  # key, ties to the higher index) is exempt; the next weight elsewhere goes instead.
+  if keep < len(idx):
+    raise ValueError(f"combine_by_rank: sparsity {sparsity} keeps {keep} of {total} "
+                     f"weights, fewer than the {len(idx)} selected leaves (one each)")
+  order = np.lexsort((-np.arange(total), key)) if total else np.zeros(0, np.int64)
+  position = np.empty(total, np.int64)
+  position[order] = np.arange(total)
+  starts = np.cumsum([0] + sizes[:-1])
+  best = [int(st + np.argmin(position[st:st + n])) for st, n in zip(starts, sizes) if n]
+  kept_flat = np.zeros(total, bool)
+  kept_flat[best] = True
+  beyond = [b for b in best if position[b] >= keep]   # kept only by the exemption
+  kept_flat[order[~kept_flat[order]][:keep - len(best)]] = True
+  by_rank = kept_flat.copy()
+  by_rank[beyond] = False
+  per_copy = int(key[by_rank].max()) + 1 if by_rank.any() else 0
+  out = [jnp.ones(np.shape(leaf), bool) for leaf in first]
+  for i, st, n in zip(idx, starts, sizes):
+    out[i] = jnp.asarray(kept_flat[st:st + n].reshape(np.shape(first[i])))
+  return Combined(jax.tree.unflatten(treedef, out), int(keep), per_copy, len(beyond))
 
 
 class Overlap(NamedTuple):

@@ -67,7 +67,9 @@ def test_every_config_is_covered():
              "pretrain_resnet20_cifar10", "pretrain_resnet20_cifar10_restart", "jackpot_r50",
              # run by tests/test_imp.py
              "imp_quick", "ticket_vs_finetune_quick", "imp_conv_cifar10",
-             "imp_resnet20_cifar10", "ticket_vs_finetune_cifar10"}
+             "imp_resnet20_cifar10", "ticket_vs_finetune_cifar10",
+             # run by tests/test_siblings.py
+             "siblings_quick", "siblings_sweep", "siblings_resnet20_cifar10"}
   assert set(names) == covered, f"add a test for {set(names) - covered}"
 
 

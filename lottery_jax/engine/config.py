@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask = ml_collections.ConfigDict()
   c.mask.program = "dense"
   c.mask.update_rule = ""       # "" = the program's default; "fixed", "swap", "topk"
-  c.mask.source = ""            # a finished run's workdir whose masks a program reads
+  c.mask.source = ""            # a finished run's workdir whose masks a program reads,
+                                # or a .safetensors file of packed masks (io.save_masks)
   c.mask.score_init = "magnitude"  # "magnitude" (1.0 kept / 0.99 pruned), "abs", "random"
   c.mask.rate = 1.0             # swap-rule rate in (0, 1]: 1 reproduces the reference
   c.mask.rate_schedule = "constant"  # or "decay": rate * (1 - t/T)^power
@@ -95,6 +96,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.siblings = ml_collections.ConfigDict()
   c.siblings.count = 0          # 0: no sibling axis
   c.siblings.mesh_axis = 0      # > 0: spread the copies over this many devices
+  # The "siblings" experiment (lottery_jax.experiments.siblings; ALGORITHMS.md s.2):
+  # `shared_epochs` of shared dense training, then `count` copies that differ only in
+  # data order, one-shot global magnitude masks at each of `sparsities` (() = the
+  # config's `sparsity`), their overlap, union and intersection, each retrained.
+  c.siblings.shared_epochs = 0.0
+  c.siblings.shared_epochs_sweep = ()  # several k: one sub-experiment each, <workdir>/k<k>
+  c.siblings.sparsities = ()
+  c.siblings.vmap = True        # one vmapped program (False: one stage per sibling)
+  c.siblings.retrain_from = "shared"  # or "init": where combined masks are retrained from
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"
@@ -208,6 +218,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.siblings.count > 0 and c.siblings.count % c.siblings.mesh_axis == 0,
          "siblings.mesh_axis", c.siblings.mesh_axis,
          f"a divisor of siblings.count={c.siblings.count}")
+  need(c.siblings.shared_epochs >= 0, "siblings.shared_epochs", c.siblings.shared_epochs,
+       "a number >= 0 (0 = siblings start at the initialisation)")
+  need(all(isinstance(k, (int, float)) and k >= 0 for k in c.siblings.shared_epochs_sweep),
+       "siblings.shared_epochs_sweep", c.siblings.shared_epochs_sweep,
+       "a tuple of numbers >= 0")
+  need(all(isinstance(x, (int, float)) and 0 < x < 1 for x in c.siblings.sparsities),
+       "siblings.sparsities", c.siblings.sparsities, "a tuple of numbers in (0, 1)")
+  need(isinstance(c.siblings.vmap, bool), "siblings.vmap", c.siblings.vmap, "True or False")
+  need(c.siblings.retrain_from in ("shared", "init"), "siblings.retrain_from",
+       c.siblings.retrain_from, "'shared' or 'init'")
   need(isinstance(c.start.weights, bool), "start.weights", c.start.weights, "True or False")
   imp = c.get("imp")
   if imp is not None:

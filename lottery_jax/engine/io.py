@@ -120,6 +120,36 @@ def load_run(workdir: str) -> dict[str, Any]:
           "masks": masks, "scores": scores}
 
 
+def save_masks(path: str, masks) -> None:
+  """Writes bool `masks` (a tree like the params) bit-packed, as a run's
+  `masks.safetensors`; such a file can be a stage's `config.mask.source`."""
+  save_file(flatten_dict(plain(mask_algebra.pack(plain(masks)))), path)
+
+
+def load_mask_source(path: str, like) -> dict[str, Any]:
+  """What `config.mask.source` names, checked against the params `like`: a finished
+  run's workdir (`{"params", "batch_stats", "masks", "scores"}` of `load_run`), or a
+  `.safetensors` file of bit-packed masks (`save_masks`; `{"masks"}` only, with
+  `params` and `batch_stats` None: programs that rank weights need a run)."""
+  if os.path.isdir(path):
+    source = load_run(path)
+  elif path.endswith(".safetensors") and os.path.isfile(path):
+    packed = unflatten_dict(load_file(path))
+    try:
+      masks = plain(mask_algebra.unpack(packed, plain(like)))
+    except (KeyError, ValueError, TypeError) as e:
+      raise CheckpointMismatchError(
+          f"config.mask.source={path!r}: the packed masks do not fit the model ({e}); "
+          "write them with lottery_jax.engine.io.save_masks for this model") from None
+    source = {"params": None, "batch_stats": None, "masks": masks, "scores": {}}
+  else:
+    raise FileNotFoundError(
+        f"config.mask.source={path!r} is neither a finished run's workdir nor a "
+        ".safetensors file of packed masks")
+  check_like({"params": source["masks"]}, {"params": like}, f"{path} (masks)")
+  return source
+
+
 def check_like(loaded: dict, like: dict, source: str) -> None:
   """Raises CheckpointMismatchError listing missing, unexpected and mismatched keys."""
   got, want = flatten_dict(plain(loaded)), flatten_dict(plain(like))

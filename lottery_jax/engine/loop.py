@@ -226,9 +226,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     variables = {"params": fork.state["params"], "batch_stats": fork.state["batch_stats"]}
   source = None
   if config.mask.source:
-    source = io.load_run(config.mask.source)
-    io.check_like({"params": source["masks"]}, {"params": variables["params"]},
-                  f"{config.mask.source} (masks)")
+    source = io.load_mask_source(config.mask.source, like=variables["params"])
 
   total = total_steps_of(config, data.steps_per_epoch)
   stop = total

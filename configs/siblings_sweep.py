@@ -1,0 +1,33 @@
+"""Siblings against the number of shared epochs k in {0, 1, 2, 5} (seed 001's sweep),
+on scikit-learn digits, S=4 siblings in one vmapped program each, 80% and 90%
+sparsity; one sub-experiment per k in <workdir>/k<k>/ (each a list of resumable
+stages, skipped when finished). No download.
+
+  python -m lottery_jax.main --config=configs/siblings_sweep.py --workdir=runs/siblings_sweep
+
+`summary.json` holds `sweep`: one siblings summary per k (overlap against chance,
+union / intersection / one-shot accuracies per sparsity in `by_sparsity`).
+"""
+
+from lottery_jax import data
+from lottery_jax.engine.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.experiment = "siblings"
+  c.seed = 0
+  c.model.name = "digits_cnn"
+  c.data = data.default_config("digits")
+  c.data.batch_size = 64
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.weight_decay = 5e-4
+  c.num_epochs = 15.0
+  c.sparsity = 0.8
+  c.siblings.count = 4
+  c.siblings.shared_epochs_sweep = (0.0, 1.0, 2.0, 5.0)
+  c.siblings.sparsities = (0.8, 0.9)
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 200
+  c.tensorboard = False
+  return c
