@@ -69,7 +69,9 @@ def test_every_config_is_covered():
              "imp_quick", "ticket_vs_finetune_quick", "imp_conv_cifar10",
              "imp_resnet20_cifar10", "ticket_vs_finetune_cifar10",
              # run by tests/test_siblings.py
-             "siblings_quick", "siblings_sweep", "siblings_resnet20_cifar10"}
+             "siblings_quick", "siblings_sweep", "siblings_resnet20_cifar10",
+             # run by tests/test_strong_tickets.py
+             "slt_quick", "slt_conv6_cifar10", "slt_resnet18_cifar10", "slt_r50_imagenet"}
   assert set(names) == covered, f"add a test for {set(names) - covered}"
 
 

@@ -14,6 +14,7 @@ from lottery_jax import search, tickets  # noqa: F401  (register the mask progra
 from lottery_jax.engine import distributed
 from lottery_jax.experiments import basic  # noqa: F401  (registers the experiments)
 from lottery_jax.experiments.tickets import imp_stages  # noqa: F401  (registers imp)
+from lottery_jax.experiments import strong  # noqa: F401  (registers "strong_ticket")
 from lottery_jax.experiments import siblings  # noqa: F401  (registers "siblings")
 from lottery_jax.experiments.basic import finetune_config, quickstart_table
 from lottery_jax.experiments.registry import get, names, register

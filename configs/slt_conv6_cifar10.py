@@ -1,0 +1,53 @@
+"""Strong lottery ticket in a partially frozen random Conv-6 on CIFAR-10 (Otsuka et al.
+with edge-popup as its base, ALGORITHMS.md section 4): Kaiming-uniform weights never
+trained, Kaiming-normal scores, top-k of |score| per layer through the STE, every
+conv and dense layer masked (classifier included), no BatchNorm (as the references'
+Conv-6); 25% of each layer frozen pruned, 25% locked, 50% sparsity (the frozen-network
+README's Conv6 example), so half of the weights are searched and stored.
+
+  python -m lottery_jax.main \
+      --config=configs/slt_conv6_cifar10.py:folder=../shared/datasets/cifar10-jpeg.zip \
+      --workdir=runs/slt_conv6_cifar10
+
+The argument is `folder=PATH` (an image folder or zip) or `tfds`. Other (p, r):
+`--config.freeze.prune_fraction=0.5 --config.freeze.lock_fraction=0.0` (the randomly
+pruned source), both 0 (the dense source). References' training: SGD lr 0.1,
+momentum 0.9, wd 1e-4 on the scores, cosine per epoch, 100 epochs, batch 128.
+Differences: top-k per layer (the frozen-network configs use one global threshold,
+`global_ep`); Conv-6 here is Frankle & Carbin's with biases, zeroed by the program
+(the references' have none); no 80/20 train/val split (the test set is reported at
+the end, no best-validation checkpoint).
+
+Measured: not run yet (issue 15.5 holds the evidence runs).
+"""
+
+from lottery_jax import recipes
+from lottery_jax.engine.config import base_config
+
+
+def get_config(arg: str = "tfds"):
+  c = base_config()
+  c.experiment = "strong_ticket"
+  c.model.name = "conv6"
+  c.model.weight_init = "kaiming_uniform"
+  c.data = recipes.cifar_data(arg)
+  c.data.batch_size = 128
+
+  c.mask.program = "strong_ticket"
+  c.sparsity = 0.5
+  c.allocation = "uniform"
+  c.prune_classifier = True
+  c.freeze.prune_fraction = 0.25
+  c.freeze.lock_fraction = 0.25
+  c.freeze.distribution = "uniform"
+
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.schedule = "cosine"
+  c.optimizer.per_epoch = True
+  c.num_epochs = 100.0
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2000
+  c.eval_every_epochs = 10.0
+  return c

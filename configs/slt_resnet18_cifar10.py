@@ -1,0 +1,51 @@
+"""Strong lottery ticket in a partially frozen random ResNet-18 on CIFAR-10: the
+torchvision-layout ResNet-18 with non-affine BatchNorm, Kaiming-uniform weights never
+trained, every conv and the classifier masked; 25% of each layer frozen pruned, 25%
+locked, 50% sparsity by ERK (the partition by ERK too).
+
+  python -m lottery_jax.main \
+      --config=configs/slt_resnet18_cifar10.py:folder=../shared/datasets/cifar10-jpeg.zip \
+      --workdir=runs/slt_resnet18_cifar10
+
+The argument is `folder=PATH` (an image folder or zip) or `tfds`. References'
+training (edge-popup `configs/smallscale/resnet18`): SGD lr 0.1, momentum 0.9, wd
+5e-4 on the scores, cosine per epoch, 100 epochs, batch 256.
+Difference that matters: the model zoo has no CIFAR ResNet-18 (edge-popup's
+cResNet18 has a 3x3 stride-1 stem and no max-pool); this is the ImageNet stem (7x7/2
+and a 3x3/2 max-pool), which cuts 32x32 inputs to 8x8 before the first stage, so
+expect lower accuracy than the paper's until a CIFAR stem is added to the zoo.
+
+Measured: not run yet (issue 15.5 holds the evidence runs).
+"""
+
+from lottery_jax import recipes
+from lottery_jax.engine.config import base_config
+
+
+def get_config(arg: str = "tfds"):
+  c = base_config()
+  c.experiment = "strong_ticket"
+  c.model.name = "resnet18"
+  c.model.kwargs = {"bn_affine": False}
+  c.model.weight_init = "kaiming_uniform"
+  c.data = recipes.cifar_data(arg)
+  c.data.batch_size = 256
+
+  c.mask.program = "strong_ticket"
+  c.sparsity = 0.5
+  c.allocation = "erk"
+  c.prune_classifier = True
+  c.freeze.prune_fraction = 0.25
+  c.freeze.lock_fraction = 0.25
+  c.freeze.distribution = "erk"
+
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.schedule = "cosine"
+  c.optimizer.per_epoch = True
+  c.num_epochs = 100.0
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2000
+  c.eval_every_epochs = 10.0
+  return c
