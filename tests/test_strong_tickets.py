@@ -84,7 +84,8 @@ def _flat(tree):
 ])
 def test_weights_frozen_counts_exact_partition_holds_every_step(p, r, allocation,
                                                                  distribution):
-  r_ = _build(_config(p, r, allocation=allocation, distribution=distribution))
+  r_ = _build(_config(p, r, allocation=allocation, distribution=distribution,
+                      **{"optimizer.momentum": 0.0}))
   layout = r_.layout
   flags = _flat(layout.masked)
   counts = _flat(layout.prune_counts)
@@ -115,11 +116,35 @@ def test_weights_frozen_counts_exact_partition_holds_every_step(p, r, allocation
     np.testing.assert_array_equal(_flat(host.partition)["conv0/kernel"], codes["conv0/kernel"])
     previous = m
     if int(host.step) < STEPS:
-      state, _ = r_.train_step(state, next(it))
+      batch = next(it)
+      if int(host.step) == 0:
+        want = _sgd_step_through_abs(r_, host, batch)
+      state, _ = r_.train_step(state, batch)
+      if int(host.step) == 0:
+        got = _flat(jax.device_get(state.scores))
+        for k in masked:
+          np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-7)
   it.close()
   assert changed > 0  # the search moved
   # Biases are zero (the references' networks have none); kernels are random.
   assert np.all(params0["classifier/bias"] == 0)
+
+
+def _sgd_step_through_abs(r_, state, batch):
+  """The scores after one plain SGD step (no momentum, no decay) if dL/dS = sign(S) *
+  dL/dW_eff * W, edge-popup's gradient through GetSubnet(scores.abs())."""
+  eff = jax.tree.map(lambda w, m: w * m.astype(w.dtype), state.params, state.masks)
+
+  def loss(e):
+    logits, _ = r_.model.apply({"params": e, "batch_stats": state.batch_stats},
+                               batch["image"], train=True, mutable=["batch_stats"])
+    return cross_entropy(logits, batch["label"]).mean()
+
+  g_eff = _flat(jax.device_get(jax.jit(jax.grad(loss))(eff)))
+  scores, params = _flat(state.scores), _flat(state.params)
+  lr = r_.config.optimizer.learning_rate
+  return {k: scores[k] - lr * np.sign(scores[k]) * g_eff[k] * params[k]
+          for k, f in _flat(r_.layout.masked).items() if f}
 
 
 def test_weight_inits_follow_the_references():
@@ -146,33 +171,6 @@ def test_weight_inits_follow_the_references():
   np.testing.assert_array_equal(a["bn1/scale"], _flat(params)["bn1/scale"])
   assert not np.array_equal(a["conv2/kernel"], c["conv2/kernel"])
   np.testing.assert_array_equal(np.abs(a["conv2/kernel"]), np.float32(np.sqrt(2 / 12)))
-
-
-def test_gradient_runs_through_abs_score():
-  """dL/dS = sign(S) * dL/dW_eff * W (edge-popup's GetSubnet(scores.abs())): with plain
-  SGD (no momentum, no decay) one step moves the scores by -lr times that."""
-  lr = 0.5
-  r_ = _build(_config(**{"optimizer.momentum": 0.0, "optimizer.learning_rate": lr}))
-  it = r_.train_iter()
-  batch = next(it)
-  it.close()
-  state = jax.device_get(r_.state)
-  eff = jax.tree.map(lambda w, m: w * m.astype(w.dtype), state.params, state.masks)
-
-  def loss(e):
-    logits, _ = r_.model.apply({"params": e, "batch_stats": state.batch_stats},
-                               batch["image"], train=True, mutable=["batch_stats"])
-    return cross_entropy(logits, batch["label"]).mean()
-
-  g_eff = jax.device_get(jax.jit(jax.grad(loss))(eff))
-  new = jax.device_get(r_.train_step(r_.state, batch)[0])
-  for path, flag in jax.tree_util.tree_flatten_with_path(r_.layout.masked)[0]:
-    if not flag:
-      continue
-    name = mask_algebra.path_str(path)
-    s0 = _flat(state.scores)[name]
-    want = s0 - lr * np.sign(s0) * _flat(g_eff)[name] * _flat(state.params)[name]
-    np.testing.assert_allclose(_flat(new.scores)[name], want, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("fields,field", [
@@ -300,9 +298,9 @@ def test_a_program_may_draw_its_own_starting_weights():
   _register_hooked("test_doubled", lambda ctx: jax.tree.map(lambda w: 2 * w, ctx.params))
   _register_hooked("test_misshapen", lambda ctx: {**ctx.params,
                                                   "classifier": {"kernel": jnp.zeros(1)}})
-  fresh = _build(_config(**{"mask.program": "dense", "sparsity": 0.0}))
   doubled = _build(_config(**{"mask.program": "test_doubled", "sparsity": 0.0}))
-  for k, w in _flat(jax.device_get(fresh.state.params)).items():
+  fresh = doubled.model.init(loop.stage_keys(0)[0], jnp.zeros((1, 8, 8, 1)), train=False)
+  for k, w in _flat(fresh["params"]).items():
     np.testing.assert_array_equal(_flat(jax.device_get(doubled.state.params))[k], 2 * w)
     np.testing.assert_array_equal(_flat(doubled.starting_variables["params"])[k], 2 * w)
   with pytest.raises(CheckpointMismatchError, match="test_misshapen"):
