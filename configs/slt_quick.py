@@ -10,6 +10,10 @@ Measured (seed 0, 2-core CPU shared with other jobs): 69.8% test accuracy on the
 of training, 72 s for the whole command. `stored_bits` 37,872 (37,664 searchable
 bits + a 208-bit header) against `dense_source_bits` 75,400 (1.99x), plus 20,480
 bits of BatchNorm running statistics that every ticket of this model stores.
+Same seed and sparsity, one run each (context, not evidence; issue 15.5 holds that):
+the dense source (`--config.freeze.prune_fraction=0 --config.freeze.lock_fraction=0`,
+75,400 bits) 78.5%; the randomly pruned source (`--config.freeze.lock_fraction=0`,
+p = 0.25: 56,704 bits) 72.7%.
 
 The ticket is in <workdir>/strong_ticket.{json,safetensors}
 (`lottery_jax.search.load_strong_ticket`); summary.json has `stored_bits`,
