@@ -335,3 +335,24 @@ def test_large_configs_validate_and_lay_out(name, input_shape, classes):
   bits = strong.bit_accounting(layout, {})
   assert bits["dense_source_bits"] / bits["stored_bits"] == pytest.approx(
       1 / (1 - p - r), rel=1e-3)
+
+
+def test_siblings_each_store_a_ticket(tmp_path):
+  """With a sibling axis the experiment stores one ticket per copy: same weights and
+  partition (one header), each copy's own searchable bits and BatchNorm statistics."""
+  c = _config(**{"siblings.count": 2, "num_steps": 2})
+  workdir = str(tmp_path / "sib")
+  loop.run(c, workdir, mesh=loop.make_mesh(jax.devices()[:1]))
+  for i in range(2):  # as the "strong_ticket" experiment does after the stage
+    strong.write_ticket(workdir, loop.sibling_dir(workdir, i))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
+  found = []
+  for i in range(2):
+    ticket = load_strong_ticket(loop.sibling_dir(workdir, i))
+    run = io.load_run(loop.sibling_dir(workdir, i))
+    ours = ticket["model"].apply(ticket["variables"], x, train=False)
+    theirs = ticket["model"].apply({"params": run["params"],
+                                    "batch_stats": run["batch_stats"]}, x, train=False)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    found.append(_flat(ticket["masks"]))
+  assert any(not np.array_equal(found[0][k], found[1][k]) for k in found[0])
