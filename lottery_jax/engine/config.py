@@ -24,7 +24,7 @@ ALLOCATIONS = ("global_magnitude", "uniform", "erk")
 SCORE_INITS = ("magnitude", "abs", "random")
 RATE_SCHEDULES = ("constant", "decay")
 IMP_SCOPES = ("global", "layerwise")
-CONV_IMPLS = ("xla", "torch")
+CONV_IMPLS = ("xla", "torch", "unrolled")
 WEIGHT_INITS = ("", "kaiming_uniform", "kaiming_normal", "signed_constant")
 FREEZE_DISTRIBUTIONS = ("uniform", "erk")
 
@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Convolution lowering (lottery_jax.models.conv): "xla" everywhere by default;
   # "torch" (PyTorch's oneDNN convolutions as XLA:CPU custom calls) is an opt-in
   # for one-device CPU processes, recorded here and checked on resume like any field.
+  # "unrolled" (opt-in, for siblings on a CPU): XLA's convolutions, but under the
+  # sibling axis's vmap one ordinary convolution per copy instead of one grouped
+  # convolution (benchmarks/siblings.py measures both on the CPU).
   c.model.conv = "xla"
   # Random starting weights drawn by a program that asks for them (strong tickets,
   # lottery_jax.search.strong): "" = the model's own init; "kaiming_uniform"

@@ -720,7 +720,7 @@ def _output_rows(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers) ->
   return lhs.shape[0] * ho * wo
 
 
-IMPLS = ("xla", "patches", "taps", "barrier", "torch")
+IMPLS = ("xla", "patches", "taps", "barrier", "torch", "unrolled")
 # `use_impl`'s stack: (impl, the smallest dense conv in output rows it applies to).
 _override: list[tuple[str, int]] = []
 
@@ -820,6 +820,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count):
       return conv2d_torch(lhs, rhs, window_strides, padding,
                           tuple(rhs_dilation or (1, 1)), feature_group_count)
+  elif impl == "unrolled":
+    if preferred_element_type is None:
+      return _unrolled_conv(_hashable(window_strides), _hashable(padding),
+                            _hashable(lhs_dilation), _hashable(rhs_dilation),
+                            _hashable(dimension_numbers), feature_group_count,
+                            batch_group_count, _hashable(precision))(lhs, rhs)
   elif impl != "xla" and preferred_element_type is None and _patches_applicable(
       lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
       batch_group_count):
@@ -834,3 +840,57 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
+
+
+# --------------------------------------------------------------- "unrolled" (siblings)
+def _hashable(x):
+  """Lists (and plain tuples holding lists) as tuples, so conv arguments can key a
+  cache; named tuples (lax.ConvDimensionNumbers) are hashable already."""
+  if isinstance(x, list) or type(x) is tuple:  # pylint: disable=unidiomatic-typecheck
+    return tuple(_hashable(v) for v in x)
+  return x
+
+
+def _stack_rule(prim, n_out):
+  """A `custom_vmap` rule that runs `prim` once per index of the batched axis on the
+  un-batched slices and stacks the results (one ordinary conv per copy)."""
+  def rule(axis_size, in_batched, *args):
+    outs = [prim(*(a[i] if b else a for a, b in zip(args, in_batched)))
+            for i in range(axis_size)]
+    if n_out == 1:
+      return jnp.stack(outs), True
+    return tuple(jnp.stack([o[k] for o in outs]) for k in range(n_out)), (True,) * n_out
+  return rule
+
+
+@functools.lru_cache(maxsize=None)
+def _unrolled_conv(strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                   feature_group_count, batch_group_count, precision):
+  """XLA's convolution whose `jax.vmap` is one ordinary convolution per mapped index
+  (forward and both gradients), instead of the single grouped convolution JAX's own
+  batching rule makes of a vmapped (input, kernel) pair (XLA:CPU's grouped convs are
+  slow, see the module docstring; `benchmarks/siblings.py` measures both ways; on
+  GPU/TPU the grouped form is expected to be the fast one). Without vmap it is
+  `lax.conv_general_dilated`, forward and gradients the same ops."""
+  def conv(x, w):
+    return lax.conv_general_dilated(
+        x, w, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision)
+
+  fwd = jax.custom_batching.custom_vmap(conv)
+  fwd.def_vmap(_stack_rule(fwd, 1))
+
+  def grads(x, w, g):
+    _, vjp = jax.vjp(conv, x, w)
+    return vjp(g)
+
+  bwd = jax.custom_batching.custom_vmap(grads)
+  bwd.def_vmap(_stack_rule(bwd, 2))
+
+  @jax.custom_vjp
+  def f(x, w):
+    return fwd(x, w)
+
+  f.defvjp(lambda x, w: (fwd(x, w), (x, w)), lambda res, g: bwd(*res, g))
+  return f
