@@ -6,7 +6,12 @@ at 80% sparsity, their overlap against chance, the union and intersection at exa
 
   python -m lottery_jax.main --config=configs/siblings_quick.py --workdir=runs/siblings_quick
 
-Measured: see the end of this docstring (filled from a run of the command above).
+Measured (2026-12-02, seed 0, 360 test images, so one image is 0.28 points; 2 min 25 s
+wall on the 2-core machine while other jobs ran): dense siblings 99.17 / 99.72 / 99.17 /
+99.72%; one-shot masks at 80%: mean pairwise IoU 0.916 against a chance IoU of 0.132;
+retrained from the shared point: union 99.44%, intersection 99.44%, one-shot 99.72%.
+One shared epoch already makes the masks mostly agree here; at this size and accuracy
+the three arms are within two test images of each other.
 """
 
 from lottery_jax import data
