@@ -48,7 +48,6 @@ Choices, where the references differ or are silent:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -274,6 +273,7 @@ def bit_accounting(layout: programs.Layout, batch_stats) -> dict[str, int]:
 def header(run) -> dict[str, Any]:
   """What `load_strong_ticket` needs besides the stored bits and statistics."""
   c = run.config
+  layout = run.layout.to_json()
   return {
       "format": FORMAT,
       "model": {"name": c.model.name, "kwargs": c.model.kwargs.to_dict(),
@@ -285,8 +285,8 @@ def header(run) -> dict[str, Any]:
       "lock_fraction": float(c.freeze.lock_fraction),
       "distribution": c.freeze.distribution,
       "sparsity": float(c.sparsity), "allocation": c.allocation,
-      "masked": run.layout.to_json()["masked"],
-      "prune_counts": run.layout.to_json()["prune_counts"],
+      "masked": layout["masked"],
+      "prune_counts": layout["prune_counts"],
   }
 
 
@@ -332,7 +332,7 @@ def write_ticket(workdir: str, export_dir: str | None = None) -> dict[str, Any]:
         f"mask program {PROGRAM!r} with config.analysis.enabled=True")
   head = report["header"]
   run = io.load_run(export_dir)
-  _, partition, masked = _regenerate(head)
+  _, partition, _ = _regenerate(head)
   flat_masks = io.flatten_dict(run["masks"])
   tensors = {}
   for name in head["masked"]:
@@ -347,7 +347,6 @@ def write_ticket(workdir: str, export_dir: str | None = None) -> dict[str, Any]:
                 {**head, "bits": {k: report[k] for k in (
                     "searchable_bits", "header_bits", "stored_bits", "dense_source_bits",
                     "batch_stats_bits")}})
-  del masked
   return {"searchable_bits": report["searchable_bits"],
           "file_bytes": os.path.getsize(os.path.join(export_dir, TICKET_TENSORS))}
 
