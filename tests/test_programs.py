@@ -39,6 +39,13 @@ PROGRAMS = {
                             "mask.score_init": "random", "allocation": "uniform"},
     "jackpot_capped": {"sparsity": 0.8, "mask.max_swaps": 1,
                        "mask.score_init": "random"},
+    # lottery_jax.tickets: IMP level 1 from a dense level 0; random masks.
+    "imp": {"imp.levels": 1, "imp.prune_fraction": 0.5},
+    "random": {"sparsity": 0.8},
+    # lottery_jax.search.strong: random weights it draws itself, a frozen partition.
+    "strong_ticket": {"sparsity": 0.5, "model.weight_init": "kaiming_normal",
+                      "freeze.prune_fraction": 0.2, "freeze.lock_fraction": 0.1,
+                      "allocation": "uniform", "pretrained": ""},
 }
 
 
@@ -46,7 +53,7 @@ def _config(name):
   c = base_config()
   c.model.name = "digits_cnn"
   c.model.kwargs = {"widths": (4, 8, 8)}
-  c.mask.program = name.split("_")[0]
+  c.mask.program = name if name in ("strong_ticket",) else name.split("_")[0]
   c.pretrained = "(weights given in the test)"
   c.optimizer.learning_rate = 0.5
   for k, v in PROGRAMS[name].items():
@@ -66,9 +73,15 @@ def _setup(name, key=0, partition=None):
     kept = mask_algebra.magnitude(params, 0.7, where=where)
     source = {"masks": jax.device_get(kept), "params": params}
     c.mask.source = "(masks given in the test)"
+  if c.mask.program == "imp":   # level 0: the dense run, all kept, its final weights
+    source = {"masks": jax.device_get(programs.all_kept(params)), "params": params}
+    c.mask.source = "(level 0 given in the test)"
   program = programs.get_program(c, total_steps=STEPS)
   ctx = programs.Context(config=c, params=params, where=where, key=jax.random.PRNGKey(7),
                          source=source)
+  if program.params is not None:   # a program that draws its own weights
+    params = program.params(ctx)
+    ctx = programs.Context(config=c, params=params, where=where, key=ctx.key, source=source)
   layout = program.layout(ctx)
   if partition is not None:
     layout = programs.Layout(layout.masked, layout.prune_counts, layout.sparsities,
