@@ -1,0 +1,176 @@
+"""The top-k mask update's share of a strong-ticket search step (issue 15.6).
+
+Run:  python benchmarks/slt_topk.py [--model resnet18] [--batch 128] [--repeats 5]
+      [--sizes 14,16,18,20,22]
+
+Both steps come from `lottery_jax.engine.loop.build` on the "strong_ticket" program
+(random weights, p = r = 0.25, 50% sparsity, uniform) and differ only in the update
+rule: "topk" (the edge-popup search) and "fixed" (the same step without the mask
+update). Their difference is the top-k update's cost inside the step; the rule is
+also timed alone on the same scores (jitted, as in the step). Then, for the growth
+with the number of weights, the rule alone on one leaf of 2^k entries for each k in
+`--sizes`. Batches are synthetic (timings do not depend on the data). Variants run
+interleaved, every call ended by `block_until_ready`; figures are medians.
+
+Goal (issue 15.6): the update at most 5% of the step for a ResNet-18 on CIFAR-10 at
+batch 128. The zoo's ResNet-18 has the ImageNet stem (32x32 inputs are 8x8 by the
+first stage), so its step is cheaper than a CIFAR-stem ResNet-18's and the update's
+share here is an upper bound for the latter.
+
+Measured (2026-12-02, 2-core CPU shared with other jobs, load ~7, one XLA:CPU device,
+`python benchmarks/slt_topk.py`; 11,172,032 masked weights):
+
+  step with top-k update: 2207.8 ms; with fixed masks: 1704.6 ms; difference 22.8%
+  top-k rule alone (jitted, same scores): 357.3 ms = 16.2% of the step
+  top-k alone on one leaf:  2^14: 0.30 ms  2^16: 1.92 ms  2^18: 6.02 ms
+                            2^20: 35.9 ms  2^22: 195.7 ms  (18 -> 47 ns per entry)
+
+So on this CPU the goal (5%) is missed by 3-4x. The cost grows linearly in the
+number of weights (the selection is a 32-step bisection on uint32 keys, 32 passes
+over every leaf, `masks._keep_from_keys`), a little faster than linearly past the
+caches. Not measured on an accelerator (none lent to this task), where those passes
+are bandwidth-bound: 11M entries x 4 B x 32 passes is about 1.4 GB per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from lottery_jax import masks as mask_algebra  # noqa: E402
+from lottery_jax import search  # noqa: E402,F401  (registers "strong_ticket")
+from lottery_jax.data import registry  # noqa: E402
+from lottery_jax.data.sources import ArrayRecords  # noqa: E402
+from lottery_jax.engine import loop, programs  # noqa: E402
+from lottery_jax.engine.config import base_config  # noqa: E402
+
+_SYNTHETIC = {"shape": (32, 32, 3), "classes": 10, "examples": 256}
+
+
+@registry.register("_bench_slt_synthetic", defaults=dict(
+    train_split="train", eval_split="test", preprocess="none", mean=(0.0,), std=(1.0,),
+    shuffle=False))
+def _load_synthetic(cfg, split):
+  del cfg
+  rng = np.random.default_rng({"train": 0, "test": 1}[split])
+  n, classes = _SYNTHETIC["examples"], _SYNTHETIC["classes"]
+  x = rng.standard_normal((n, *_SYNTHETIC["shape"]), dtype=np.float32)
+  return registry.Split(ArrayRecords(x, rng.integers(0, classes, n)), num_classes=classes,
+                        native_shape=_SYNTHETIC["shape"])
+
+
+def config(model: str, batch: int, rule: str):
+  c = base_config()
+  c.model.name = model
+  c.model.kwargs = {"bn_affine": False}
+  c.model.weight_init = "kaiming_uniform"
+  c.data.name = "_bench_slt_synthetic"
+  c.data.batch_size = batch
+  c.mask.program = "strong_ticket"
+  c.mask.update_rule = rule
+  c.sparsity = 0.5
+  c.allocation = "uniform"
+  c.prune_classifier = True
+  c.freeze.prune_fraction = 0.25
+  c.freeze.lock_fraction = 0.25
+  c.optimizer.weight_decay = 5e-4
+  c.num_steps = 10_000
+  return c
+
+
+def _rule_alone(run):
+  """The run's update rule over its masked leaves, jitted (as inside the step)."""
+  layout = run.layout
+  treedef = jax.tree.structure(layout.prune_counts)
+  flags = treedef.flatten_up_to(layout.masked)
+  counts = treedef.flatten_up_to(layout.prune_counts)
+  idx = [i for i, f in enumerate(flags) if f]
+
+  @jax.jit
+  def apply(scores, masks, partition):
+    s, m, p = (treedef.flatten_up_to(t) for t in (scores, masks, partition))
+    return run.program.update.apply([s[i] for i in idx], [m[i] for i in idx],
+                                     [counts[i] for i in idx], [p[i] for i in idx], 0)
+  return apply
+
+
+def _median_s(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    out.append(time.perf_counter() - t0)
+  return statistics.median(out)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--model", default="resnet18")
+  ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--sizes", default="14,16,18,20,22")
+  args = ap.parse_args(argv)
+  _SYNTHETIC["examples"] = 2 * args.batch
+  mesh = loop.make_mesh(jax.devices()[:1])
+  with jax.transfer_guard("allow"):
+    runs = {rule: loop.build(config(args.model, args.batch, rule), mesh)
+            for rule in ("topk", "fixed")}
+    batch = next(runs["topk"].data.train_iter())
+  states = {k: r.state for k, r in runs.items()}
+  n_masked = sum(int(np.size(c)) for c, f in zip(jax.tree.leaves(runs["topk"].layout.partition),
+                                                 jax.tree.leaves(runs["topk"].layout.masked))
+                 if f)
+  print(f"{args.model}, batch {args.batch}, {jax.devices()[0].platform}: "
+        f"{n_masked:,} masked weights")
+
+  def step(rule):
+    def go():
+      states[rule], metrics = runs[rule].train_step(states[rule], batch)
+      return states[rule], metrics
+    return go
+
+  for rule in runs:  # compile and warm up
+    for _ in range(2):
+      jax.block_until_ready(step(rule)())
+  times = {rule: [] for rule in runs}
+  for _ in range(args.repeats):
+    for rule in runs:
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(rule)())
+      times[rule].append(time.perf_counter() - t0)
+  med = {k: statistics.median(v) for k, v in times.items()}
+  st = states["topk"]
+  alone = _rule_alone(runs["topk"])
+  scores, masks, part = (jax.tree.map(jnp.copy, t) for t in (st.scores, st.masks,
+                                                               st.partition))
+  rule_s = _median_s(lambda: alone(scores, masks, part), args.repeats)
+  print(f"step with top-k update: {med['topk'] * 1e3:.1f} ms; with fixed masks: "
+        f"{med['fixed'] * 1e3:.1f} ms; difference {100 * (med['topk'] - med['fixed']) / med['topk']:.1f}% "
+        f"of the step")
+  print(f"top-k rule alone (jitted, same scores): {rule_s * 1e3:.1f} ms = "
+        f"{100 * rule_s / med['topk']:.1f}% of the step")
+
+  print("top-k alone on one leaf of n entries (p = r = 0.25, 50% sparsity):")
+  for k in (int(s) for s in args.sizes.split(",")):
+    n = 2 ** k
+    key = jax.random.PRNGKey(k)
+    leaf = {"w": jnp.zeros((n // 64, 64))}
+    codes = mask_algebra.freeze(key, leaf, 0.25, 0.25, where=lambda p, x: True)["w"]
+    score = jax.random.normal(key, leaf["w"].shape)
+    prune = mask_algebra.prune_count(0.5, n)
+    fn = jax.jit(lambda s, c: programs._topk_leaf(jnp.abs(s), prune, c))
+    t = _median_s(lambda: fn(score, codes), args.repeats)
+    print(f"  n = 2^{k:<2d} = {n:>10,}: {t * 1e3:9.2f} ms  ({t / n * 1e9:.2f} ns per entry)")
+
+
+if __name__ == "__main__":
+  main()
