@@ -4,6 +4,10 @@ sparsity; one sub-experiment per k in <workdir>/k<k>/ (each a list of resumable
 stages, skipped when finished). No download.
 
   python -m lottery_jax.main --config=configs/siblings_sweep.py --workdir=runs/siblings_sweep
+  python -m lottery_jax.main --config=configs/siblings_sweep.py:mnist1d --workdir=runs/siblings_sweep_m1d
+
+The argument `mnist1d` swaps in MNIST-1D (generated offline) and its 1-D CNN (batch
+128, 30 epochs).
 
 `summary.json` holds `sweep`: one siblings summary per k (overlap against chance,
 union / intersection / one-shot accuracies per sparsity in `by_sparsity`).
@@ -13,7 +17,9 @@ from lottery_jax import data
 from lottery_jax.engine.config import base_config
 
 
-def get_config():
+def get_config(arg: str = "digits"):
+  if arg not in ("digits", "mnist1d"):
+    raise ValueError(f"config argument {arg!r} is unknown; use 'digits' or 'mnist1d'")
   c = base_config()
   c.experiment = "siblings"
   c.seed = 0
@@ -27,6 +33,11 @@ def get_config():
   c.siblings.count = 4
   c.siblings.shared_epochs_sweep = (0.0, 1.0, 2.0, 5.0)
   c.siblings.sparsities = (0.8, 0.9)
+  if arg == "mnist1d":
+    c.model.name = "mnist1d_cnn"
+    c.data = data.default_config("mnist1d")
+    c.data.batch_size = 128
+    c.num_epochs = 30.0
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
   c.tensorboard = False

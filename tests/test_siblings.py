@@ -213,7 +213,9 @@ def test_sibling_configs():
   from lottery_jax.engine import config as config_lib
   from lottery_jax.experiments import siblings as sib_exp
   from test_configs import load_config
-  for c in (load_config("siblings_sweep"),
+  m1d = load_config("siblings_sweep", "mnist1d")
+  assert m1d.model.name == "mnist1d_cnn" and m1d.data.name == "mnist1d"
+  for c in (load_config("siblings_sweep"), m1d,
             load_config("siblings_resnet20_cifar10", "folder=/nonexistent")):
     config_lib.validate(c)
     sib_exp._check(c)

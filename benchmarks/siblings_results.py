@@ -1,0 +1,146 @@
+"""Evidence for seed 001 (siblings) on embedded data: overlap against the number of
+shared epochs k and against chance; union vs intersection vs one-shot accuracy.
+
+  python benchmarks/siblings_results.py commands          # every run's command line
+  python benchmarks/siblings_results.py run [NAME ...]    # run them (resumable)
+  python benchmarks/siblings_results.py collect           # markdown tables + figures
+
+Runs: `configs/siblings_sweep.py` (k in {0, 1, 2, 5}, S = 4 siblings in one vmapped
+program, one-shot global magnitude masks at 80% and 90%, union / intersection /
+one-shot retrained from theta_k) on scikit-learn digits, seeds 0, 1, 2 (`--config.seed`:
+the shared initialisation and the siblings' data orders), and on MNIST-1D (seed 0).
+Workdirs under `--root` (default runs/siblings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+FIG = os.path.join(HERE, "figures")
+
+
+def runs() -> dict[str, list[str]]:
+  out = {}
+  for seed in (0, 1, 2):
+    out[f"digits_s{seed}"] = ["--config=configs/siblings_sweep.py", f"--config.seed={seed}",
+                              "--config.progress_bar=False"]
+  out["mnist1d_s0"] = ["--config=configs/siblings_sweep.py:mnist1d", "--config.seed=0",
+                       "--config.progress_bar=False"]
+  return out
+
+
+def command(name: str, root: str) -> list[str]:
+  return ([sys.executable, "-m", "lottery_jax.main"] + runs()[name]
+          + [f"--workdir={os.path.join(root, name)}"])
+
+
+def run(names, root: str) -> None:
+  for name in names:
+    print("+", shlex.join(command(name, root)), flush=True)
+    subprocess.run(command(name, root), cwd=REPO, check=True)
+
+
+def _load(root, name):
+  path = os.path.join(root, name, "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _ms(xs):
+  a = np.asarray([x for x in xs if x is not None], np.float64)
+  if a.size == 0:
+    return "-"
+  return f"{a.mean():.4f}" + (f" ± {a.std(ddof=1):.4f}" if a.size > 1 else "") + f" (n={a.size})"
+
+
+def collect(root: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(FIG, exist_ok=True)
+  S = {n: _load(root, n) for n in runs()}
+  groups = {"digits": [S[f"digits_s{s}"] for s in (0, 1, 2) if S[f"digits_s{s}"]],
+            "mnist1d": [S["mnist1d_s0"]] if S["mnist1d_s0"] else []}
+  lines = []
+  fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
+  for ax, (ds, summaries) in zip(axs, groups.items()):
+    if not summaries:
+      continue
+    ks = [r["shared_epochs"] for r in summaries[0]["sweep"]]
+    sparsities = [e["sparsity"] for e in summaries[0]["sweep"][0]["by_sparsity"]]
+    lines += [f"#### {ds}: overlap of the siblings' one-shot masks (S = "
+              f"{summaries[0]['siblings']}, mean pairwise IoU; mean ± std over "
+              f"{len(summaries)} seed(s))", "",
+              "| k (shared epochs) | " + " | ".join(
+                  f"IoU at {s:.0%} | chance at {s:.0%}" for s in sparsities) + " |",
+              "|---" * (1 + 2 * len(sparsities)) + "|"]
+    for i, k in enumerate(ks):
+      cells = []
+      for j in range(len(sparsities)):
+        cells.append(_ms([r["sweep"][i]["by_sparsity"][j]["overlap"]["mean_iou"] for r in summaries]))
+        cells.append(_ms([r["sweep"][i]["by_sparsity"][j]["overlap"]["chance_iou"] for r in summaries]))
+      lines.append(f"| {k:g} | " + " | ".join(cells) + " |")
+    lines += ["", f"#### {ds}: retrained accuracy (test), union vs intersection vs one-shot", "",
+              "| k | sparsity | union | intersection | one-shot | dense siblings |",
+              "|---|---|---|---|---|---|"]
+    for i, k in enumerate(ks):
+      for j, s in enumerate(sparsities):
+        arms = [_ms([r["sweep"][i]["by_sparsity"][j][arm]["test_accuracy"] for r in summaries])
+                for arm in ("union", "intersection", "one_shot")]
+        dense = _ms([np.mean([p["test_accuracy"] for p in r["sweep"][i]["per_sibling"]])
+                     for r in summaries])
+        lines.append(f"| {k:g} | {s:.0%} | " + " | ".join(arms) + f" | {dense} |")
+    lines.append("")
+    for j, s in enumerate(sparsities):
+      iou = np.asarray([[r["sweep"][i]["by_sparsity"][j]["overlap"]["mean_iou"] for i in range(len(ks))]
+                        for r in summaries])
+      chance = np.asarray([[r["sweep"][i]["by_sparsity"][j]["overlap"]["chance_iou"]
+                            for i in range(len(ks))] for r in summaries])
+      line = ax.plot(ks, iou.mean(0), "o-", label=f"siblings, {s:.0%}")[0]
+      if iou.shape[0] > 1:
+        ax.fill_between(ks, iou.min(0), iou.max(0), color=line.get_color(), alpha=0.2)
+      ax.plot(ks, chance.mean(0), "--", color=line.get_color(), label=f"chance, {s:.0%}")
+    ax.set_xlabel("shared epochs k")
+    ax.set_ylabel("mean pairwise IoU")
+    ax.set_title(f"{ds} (band: min-max over {len(summaries)} seed(s))")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, "siblings_overlap.png"), dpi=120)
+  plt.close(fig)
+  text = "\n".join(lines)
+  print(text)
+  return text
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("what", choices=("commands", "run", "collect"))
+  ap.add_argument("names", nargs="*")
+  ap.add_argument("--root", default="runs/siblings")
+  a = ap.parse_args()
+  os.chdir(REPO)
+  if a.what == "commands":
+    for n in a.names or runs():
+      print(shlex.join(["python", "-m", "lottery_jax.main"] + runs()[n]
+                       + [f"--workdir={os.path.join(a.root, n)}"]))
+  elif a.what == "run":
+    run(a.names or list(runs()), a.root)
+  else:
+    collect(a.root)
+
+
+if __name__ == "__main__":
+  main()
