@@ -47,24 +47,15 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lottery_jax import masks as mask_algebra  # noqa: E402
 from lottery_jax import search  # noqa: E402,F401  (registers "strong_ticket")
-from lottery_jax.data import registry  # noqa: E402
-from lottery_jax.data.sources import ArrayRecords  # noqa: E402
 from lottery_jax.engine import loop, programs  # noqa: E402
 from lottery_jax.engine.config import base_config  # noqa: E402
 
-_SYNTHETIC = {"shape": (32, 32, 3), "classes": 10, "examples": 256}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import search_step  # noqa: E402  (registers the synthetic "_bench_synthetic" source)
 
-
-@registry.register("_bench_slt_synthetic", defaults=dict(
-    train_split="train", eval_split="test", preprocess="none", mean=(0.0,), std=(1.0,),
-    shuffle=False))
-def _load_synthetic(cfg, split):
-  del cfg
-  rng = np.random.default_rng({"train": 0, "test": 1}[split])
-  n, classes = _SYNTHETIC["examples"], _SYNTHETIC["classes"]
-  x = rng.standard_normal((n, *_SYNTHETIC["shape"]), dtype=np.float32)
-  return registry.Split(ArrayRecords(x, rng.integers(0, classes, n)), num_classes=classes,
-                        native_shape=_SYNTHETIC["shape"])
+# Random N(0, 1) 32x32x3 images, random labels (search_step's benchmark-only source).
+_SYNTHETIC = search_step._SYNTHETIC
+_SYNTHETIC.update(shape=(32, 32, 3), classes=10, examples=256)
 
 
 def config(model: str, batch: int, rule: str):
@@ -72,7 +63,7 @@ def config(model: str, batch: int, rule: str):
   c.model.name = model
   c.model.kwargs = {"bn_affine": False}
   c.model.weight_init = "kaiming_uniform"
-  c.data.name = "_bench_slt_synthetic"
+  c.data.name = "_bench_synthetic"
   c.data.batch_size = batch
   c.mask.program = "strong_ticket"
   c.mask.update_rule = rule
