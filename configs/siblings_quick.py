@@ -14,25 +14,10 @@ One shared epoch already makes the masks mostly agree here; at this size and acc
 the three arms are within two test images of each other.
 """
 
-from lottery_jax import data
-from lottery_jax.engine.config import base_config
+from lottery_jax import recipes
 
 
 def get_config():
-  c = base_config()
-  c.experiment = "siblings"
-  c.seed = 0
-  c.model.name = "digits_cnn"
-  c.data = data.default_config("digits")
-  c.data.batch_size = 64
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 5e-4
-  c.num_epochs = 15.0
-  c.sparsity = 0.8
-  c.siblings.count = 4
+  c = recipes.digits_siblings()
   c.siblings.shared_epochs = 1.0
-  c.siblings.vmap = True
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 200
-  c.tensorboard = False
   return c

@@ -13,24 +13,13 @@ The argument `mnist1d` swaps in MNIST-1D (generated offline) and its 1-D CNN (ba
 union / intersection / one-shot accuracies per sparsity in `by_sparsity`).
 """
 
-from lottery_jax import data
-from lottery_jax.engine.config import base_config
+from lottery_jax import data, recipes
 
 
 def get_config(arg: str = "digits"):
   if arg not in ("digits", "mnist1d"):
     raise ValueError(f"config argument {arg!r} is unknown; use 'digits' or 'mnist1d'")
-  c = base_config()
-  c.experiment = "siblings"
-  c.seed = 0
-  c.model.name = "digits_cnn"
-  c.data = data.default_config("digits")
-  c.data.batch_size = 64
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 5e-4
-  c.num_epochs = 15.0
-  c.sparsity = 0.8
-  c.siblings.count = 4
+  c = recipes.digits_siblings()
   c.siblings.shared_epochs_sweep = (0.0, 1.0, 2.0, 5.0)
   c.siblings.sparsities = (0.8, 0.9)
   if arg == "mnist1d":
@@ -38,7 +27,4 @@ def get_config(arg: str = "digits"):
     c.data = data.default_config("mnist1d")
     c.data.batch_size = 128
     c.num_epochs = 30.0
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 200
-  c.tensorboard = False
   return c

@@ -69,3 +69,25 @@ def cifar_pretrain(arg: str, model: str):
   c.checkpoint_every_steps = 1000
   c.eval_every_epochs = 10.0
   return c
+
+
+def digits_siblings():
+  """The siblings experiment on scikit-learn digits shared by configs/siblings_*.py:
+  the digits CNN, batch 64, SGD 0.1 (wd 5e-4, cosine), 15 epochs, S = 4 siblings in
+  one vmapped program, 80% sparsity."""
+  c = base_config()
+  c.experiment = "siblings"
+  c.seed = 0
+  c.model.name = "digits_cnn"
+  c.data = data.default_config("digits")
+  c.data.batch_size = 64
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.weight_decay = 5e-4
+  c.num_epochs = 15.0
+  c.sparsity = 0.8
+  c.siblings.count = 4
+  c.siblings.vmap = True
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 200
+  c.tensorboard = False
+  return c
