@@ -3,12 +3,17 @@
 Training stream (per process, all `grain.MapDataset`, so every element has an
 index and the whole stream is a pure function of (seed, step)):
 
-  source -> [fixed random subset of max_train_examples] -> this process's contiguous shard
+  source -> [fixed random subset of max_train_examples]
     -> shuffle (grain's index shuffle, reseeded every epoch)
-    -> epoch stream (epoch e, position i -> shuffled[e * shard_len + i], keeping
-       only the first steps_per_epoch * local_batch positions: drop remainder)
+    -> epoch stream (epoch e, position i -> shuffled[e * num_train + i], keeping
+       only the first steps_per_epoch * global_batch positions: drop remainder)
     -> random_map(augment) seeded by (seed, stream index)
+    -> this process's rows of each global batch (rows p * local_batch onwards)
     -> batch(local_batch) -> [start_step:] -> iter (threads) -> mp_prefetch.
+
+Every process builds the same global stream lazily and reads only the records of
+its own rows, so the global batches (and a run's result) are the same for any
+number of processes; with one process the stream is the one it always was.
 
 The iterator state is therefore just the step count: restoring it rebuilds the
 stream from that step, which gives exactly the batches an uninterrupted run
@@ -133,6 +138,30 @@ class _EpochStream(grain.MapDataset):
       return self.slice(index)
     epoch, position = divmod(index, self._per_epoch)
     return self._parent[epoch * self._epoch_len + position]
+
+
+class _ProcessRows(grain.MapDataset):
+  """Process `p`'s rows of every global batch of a stream: element `j` is row
+  `p * local_batch + j % local_batch` of global batch `j // local_batch`."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, local_batch: int,
+               process_index: int):
+    super().__init__(parent)
+    self._global_batch = global_batch
+    self._local_batch = local_batch
+    self._offset = process_index * local_batch
+
+  def __len__(self) -> int:
+    return sys.maxsize // (self._global_batch // self._local_batch)
+
+  def __str__(self) -> str:
+    return f"_ProcessRows(offset={self._offset}, local_batch={self._local_batch})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, row = divmod(index, self._local_batch)
+    return self._parent[step * self._global_batch + self._offset + row]
 
 
 class _TrainExample(grain.transforms.RandomMap):
@@ -298,7 +327,7 @@ class StackedTrainIterator:
     for key in locals_[0]:
       value = np.stack([np.asarray(batch[key]) for batch in locals_])
       global_shape = (value.shape[0], value.shape[1] * self._process_count) + value.shape[2:]
-      out[key] = jax.make_array_from_process_local_data(self._sharding, value, global_shape)
+      out[key] = _put(self._sharding, value, global_shape)
     return out
 
   @property
@@ -392,14 +421,16 @@ class Data:
 
   def _train_dataset(self, start_step: int) -> grain.IterDataset:
     ds = grain.MapDataset.source(self._train_records)[:self.info.num_train]
-    # Contiguous equal shards (ShardByJaxProcess(drop_remainder=True) layout), so
-    # every process has the same number of steps.
-    shard_len = self.info.num_train // self.process_count
-    ds = ds[self.process_index * shard_len:(self.process_index + 1) * shard_len]
+    # One global order (shuffle, epochs, augmentation seeds by global position), then
+    # this process's rows of every global batch: the global batches, and so the run,
+    # do not depend on the number of processes, and each process reads only its rows.
     if self.config.shuffle:
       ds = ds.shuffle(seed=self._shuffle_seed)
-    ds = _EpochStream(ds, per_epoch=self.steps_per_epoch * self.local_batch_size)
+    ds = _EpochStream(ds, per_epoch=self.steps_per_epoch * self.global_batch_size)
     ds = ds.random_map(_TrainExample(self._train_fn), seed=self._augment_seed)
+    if self.process_count > 1:
+      ds = _ProcessRows(ds, self.global_batch_size, self.local_batch_size,
+                        self.process_index)
     ds = ds.batch(self.local_batch_size, drop_remainder=True).map(_BatchMap(self._batch_fn))
     return _iter_dataset(ds[start_step:], self.config)
 
@@ -434,8 +465,17 @@ class Data:
     for key, value in local.items():
       value = np.asarray(value)
       global_shape = (value.shape[0] * self.process_count,) + value.shape[1:]
-      out[key] = jax.make_array_from_process_local_data(self.sharding, value, global_shape)
+      out[key] = _put(self.sharding, value, global_shape)
     return out
+
+
+def _put(sharding: NamedSharding, local: np.ndarray, global_shape) -> jax.Array:
+  """This process's rows to the devices, as one global array. Feeding the batch is
+  the one host-to-device transfer the loop intends: allowed under its
+  `transfer_guard("disallow")` (with several processes JAX goes through a
+  callback path that the guard otherwise counts as implicit)."""
+  with jax.transfer_guard_host_to_device("allow"):
+    return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
 def _merged_config(cfg: Any) -> ml_collections.ConfigDict:

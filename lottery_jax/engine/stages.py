@@ -18,7 +18,9 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
+import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from lottery_jax.engine import config as config_lib
 from lottery_jax.engine import loop, programs
@@ -51,8 +53,19 @@ def validate(stages: Sequence[Stage]) -> None:
 def run_stages(stages: Sequence[Stage], workdir: str, mesh=None) -> dict[str, Any]:
   """Runs every stage in order (skipping finished ones); returns their summaries."""
   validate(stages)
-  return {s.name: loop.run(s.config, stage_dir(workdir, s.name), mesh=mesh)
-          for s in stages}
+  out = {}
+  for s in stages:
+    out[s.name] = loop.run(s.config, stage_dir(workdir, s.name), mesh=mesh)
+    _wait_for_process_0(s.name)
+  return out
+
+
+def _wait_for_process_0(stage: str) -> None:
+  """With several processes, each waits here until process 0 has written the stage's
+  files (exports, `summary.json`): the next stage reads them on every process (its
+  `pretrained` weights, its `mask.source`)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"lottery_jax: stage {stage!r} written")
 
 
 def derive(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
