@@ -22,6 +22,7 @@ RANK = {
     "engine": 3,
     "search": 4, "tickets": 4,   # the methods
     "experiments": 5, "recipes": 5,
+    "api": 5,               # the public API for users' own models (on masks and search)
     "main": 6,
 }
 
