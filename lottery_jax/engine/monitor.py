@@ -38,8 +38,10 @@ class _Progress:
 
   def __init__(self, total, initial, enabled):
     self._bar = None
-    if enabled and sys.stdout.isatty() and jax.process_index() == 0:
-      from tqdm import tqdm
+    # A terminal, or a notebook (ipykernel): tqdm.auto draws a widget where it can.
+    interactive = sys.stdout.isatty() or "ipykernel" in sys.modules
+    if enabled and interactive and jax.process_index() == 0:
+      from tqdm.auto import tqdm
       self._bar = tqdm(total=total, initial=initial, dynamic_ncols=True)
     self._last = initial
 
