@@ -166,3 +166,48 @@ def test_two_processes_search_and_finetune_like_one(tmp_path):
                "masks.safetensors", "finetune/summary.json"):
     assert any(w == name or w.startswith(name + ".") for w in written_by_0), (name, written_by_0)
   assert any(w.startswith("tensorboard") for w in written_by_0), written_by_0
+
+
+SLURM_PROCESS = """
+import json, jax
+from lottery_jax.engine import distributed
+distributed.initialize_once()  # the engine's call with multihost=True: no arguments
+print("RESULT", json.dumps([jax.process_index(), jax.process_count(),
+                            jax.local_device_count(), jax.device_count()]))
+jax.distributed.shutdown()
+"""
+
+
+def test_slurm_job_step_environment_is_found_by_initialize(tmp_path):
+  """What launch/slurm.sbatch relies on: in the processes `srun` starts (one per
+  node), `jax.distributed.initialize()` with no arguments finds the job from the
+  SLURM_* variables, and JAX_LOCAL_DEVICE_IDS (set by the sbatch script) keeps every
+  local device. Two "nodes" on localhost; the coordinator port comes from
+  JAX_COORDINATOR_PORT instead of the job id."""
+  port = _free_port()
+  procs, logs = [], []
+  try:
+    for i in range(2):
+      env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "localhost",
+             "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": "0",
+             "JAX_COORDINATOR_PORT": str(port), "JAX_LOCAL_DEVICE_IDS": "0,1,2,3",
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+      logs.append(open(tmp_path / f"slurm_{i}.log", "w+"))
+      procs.append(subprocess.Popen([sys.executable, "-c", SLURM_PROCESS], env=env,
+                                    stdout=logs[-1], stderr=subprocess.STDOUT,
+                                    start_new_session=True))
+    for p in procs:
+      p.wait(timeout=180)
+  except subprocess.TimeoutExpired:
+    pytest.fail("the two Slurm-like processes did not finish within 180 s")
+  finally:
+    _stop(procs)
+  results = []
+  for f in logs:
+    f.seek(0)
+    text = f.read()
+    f.close()
+    lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    assert lines, text[-3000:]
+    results.append(json.loads(lines[-1].split(" ", 1)[1]))
+  assert results == [[0, 2, 4, 8], [1, 2, 4, 8]]
