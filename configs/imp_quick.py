@@ -5,6 +5,9 @@ re-initialisation, random pruning at the same per-layer sparsities).
 
   python -m lottery_jax.main --config=configs/imp_quick.py --workdir=runs/imp_quick
 
+The argument `:mnist1d` swaps in MNIST-1D (generated offline) and its 1-D CNN (batch
+128, 30 epochs per level); benchmarks/imp_results.py runs it with several seeds.
+
 Measured (2026-12-02, one process, XLA's convolutions on a 2-core CPU shared with
 other jobs: 2 min 30 s wall, 135 s CPU; seed 0, the 360-image digits test split, so
 one image is 0.28 points and a binomial standard error near 98% is about 0.7):
@@ -25,11 +28,11 @@ accuracy while re-initialisation and random pruning fall away (one seed). Re-run
 the command returns the finished run; `--config.imp.levels=8` adds level 8 only.
 """
 
-from lottery_jax import data
+from lottery_jax import data, recipes
 from lottery_jax.engine.config import base_config
 
 
-def get_config():
+def get_config(arg: str = "digits"):
   c = base_config()
   c.experiment = "imp"
   c.seed = 0
@@ -54,4 +57,6 @@ def get_config():
   c.checkpoint_every_steps = 1000
   c.progress_bar = False
   c.tensorboard = False
-  return c
+  if arg == "mnist1d":
+    c.model.kwargs = {}
+  return recipes.embedded_data(c, arg, mnist1d_epochs=30.0)

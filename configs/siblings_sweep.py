@@ -13,18 +13,11 @@ The argument `mnist1d` swaps in MNIST-1D (generated offline) and its 1-D CNN (ba
 union / intersection / one-shot accuracies per sparsity in `by_sparsity`).
 """
 
-from lottery_jax import data, recipes
+from lottery_jax import recipes
 
 
 def get_config(arg: str = "digits"):
-  if arg not in ("digits", "mnist1d"):
-    raise ValueError(f"config argument {arg!r} is unknown; use 'digits' or 'mnist1d'")
   c = recipes.digits_siblings()
   c.siblings.shared_epochs_sweep = (0.0, 1.0, 2.0, 5.0)
   c.siblings.sparsities = (0.8, 0.9)
-  if arg == "mnist1d":
-    c.model.name = "mnist1d_cnn"
-    c.data = data.default_config("mnist1d")
-    c.data.batch_size = 128
-    c.num_epochs = 30.0
-  return c
+  return recipes.embedded_data(c, arg, mnist1d_epochs=30.0)

@@ -91,3 +91,17 @@ def digits_siblings():
   c.checkpoint_every_steps = 200
   c.tensorboard = False
   return c
+
+
+def embedded_data(c, arg: str, *, mnist1d_epochs: float):
+  """Points `c` at an embedded data set by the config argument: `digits` (scikit-learn
+  digits, the digits CNN, batch 64; `c` unchanged) or `mnist1d` (MNIST-1D generated
+  offline, its 1-D CNN, batch 128, `mnist1d_epochs` epochs)."""
+  if arg not in ("digits", "mnist1d"):
+    raise ValueError(f"config argument {arg!r} is unknown; use 'digits' or 'mnist1d'")
+  if arg == "mnist1d":
+    c.model.name = "mnist1d_cnn"
+    c.data = data.default_config("mnist1d")
+    c.data.batch_size = 128
+    c.num_epochs = mnist1d_epochs
+  return c

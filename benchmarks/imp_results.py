@@ -1,0 +1,255 @@
+"""Evidence for the lottery-ticket family (issue 13.5) on embedded data, several seeds.
+
+  python benchmarks/imp_results.py commands          # every run's command line
+  python benchmarks/imp_results.py run [NAME ...]    # run them (resumable: finished
+                                                     # stages are skipped)
+  python benchmarks/imp_results.py collect           # markdown tables + figures
+
+Runs (workdirs under `--root`, default runs/imp_results):
+
+* `imp_<data>_s<seed>`: configs/imp_quick.py (IMP with rewinding to the
+  initialisation, 7 levels of 50% global magnitude pruning, down to 0.8% of the
+  weights, with both controls per level: re-initialisation and random pruning at the
+  level's per-layer counts);
+* `tvf_<data>_s<seed>`: configs/ticket_vs_finetune_quick.py (per learning rate eta:
+  dense pretraining theta_0 -> theta_T, the one-shot 95% global magnitude mask, then
+  the ticket m*theta_0, a re-initialisation m*theta_0' and prune & fine-tune m*theta_T,
+  each trained as long as the pretraining: an equal budget), over eta in
+  {0.01, 0.03, 0.1, 0.3}, with Pearson r(theta_0, theta_T).
+
+<data> is `digits` (scikit-learn digits, 360 test images: one image is 0.28 points)
+or `mnist1d` (MNIST-1D generated offline, 1,000 test sequences: 0.1 points); seeds 0,
+1, 2 (`--config.seed`: the initialisation, the data order and the masks' ties).
+
+`collect` writes benchmarks/figures/imp_accuracy_vs_sparsity.png,
+imp_ticket_vs_finetune.png and imp_correlation_vs_lr.png, and prints the tables and
+the per-claim verdicts RESULTS.md quotes. A verdict compares seed means with the seed
+spread: "holds" when the difference exceeds two standard errors of the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+FIG = os.path.join(HERE, "figures")
+SEEDS = (0, 1, 2)
+DATA = ("digits", "mnist1d")
+RATES = (0.01, 0.03, 0.1, 0.3)
+
+
+def runs() -> dict[str, list[str]]:
+  out = {}
+  for ds in DATA:
+    for seed in SEEDS:
+      out[f"imp_{ds}_s{seed}"] = [f"--config=configs/imp_quick.py:{ds}",
+                                  f"--config.seed={seed}", "--config.progress_bar=False"]
+      out[f"tvf_{ds}_s{seed}"] = [
+          f"--config=configs/ticket_vs_finetune_quick.py:{ds}", f"--config.seed={seed}",
+          f"--config.ticket_vs_finetune.learning_rates=({','.join(map(str, RATES))})",
+          "--config.progress_bar=False"]
+  return out
+
+
+def command(name: str, root: str) -> list[str]:
+  return ([sys.executable, "-m", "lottery_jax.main"] + runs()[name]
+          + [f"--workdir={os.path.join(root, name)}"])
+
+
+def run(names, root: str) -> None:
+  for name in names:
+    if os.path.exists(os.path.join(REPO, root, name, "summary.json")):
+      print(f"{name}: done already")
+      continue
+    print("+", shlex.join(command(name, root)), flush=True)
+    subprocess.run(command(name, root), cwd=REPO, check=True)
+
+
+def _load(root, name):
+  path = os.path.join(root, name, "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _stats(xs):
+  a = np.asarray([x for x in xs if x is not None], np.float64)
+  if a.size == 0:
+    return None
+  return a.mean(), (a.std(ddof=1) if a.size > 1 else float("nan")), a.size
+
+
+def _pm(xs, scale=100.0, digits=2) -> str:
+  s = _stats(xs)
+  if s is None:
+    return "-"
+  m, sd, n = s
+  txt = f"{scale * m:.{digits}f}"
+  if n > 1:
+    txt += f" ± {scale * sd:.{digits}f}"
+  return txt + f" (n={n})"
+
+
+def verdict(a, b) -> tuple[str, float, float]:
+  """Whether mean(a) > mean(b) beyond two standard errors of the paired difference
+  (seeds pair the runs: same seed, same data order)."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  if d.size < 2:
+    return "one seed: no verdict", float(d.mean()) if d.size else float("nan"), float("nan")
+  se = d.std(ddof=1) / np.sqrt(d.size)
+  if d.mean() > 2 * se:
+    word = "higher"
+  elif d.mean() < -2 * se:
+    word = "lower"
+  else:
+    word = "within noise"
+  return word, float(d.mean()), float(se)
+
+
+def collect(root: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(FIG, exist_ok=True)
+  S = {n: _load(os.path.join(REPO, root), n) for n in runs()}
+  lines: list[str] = []
+
+  # ---- IMP: accuracy against sparsity, ticket / re-init / random pruning.
+  fig, axs = plt.subplots(1, len(DATA), figsize=(5 * len(DATA), 3.8))
+  for ax, ds in zip(np.atleast_1d(axs), DATA):
+    summaries = [S[f"imp_{ds}_s{s}"] for s in SEEDS if S[f"imp_{ds}_s{s}"]]
+    if not summaries:
+      continue
+    lines += [f"#### IMP on {ds} (seeds {', '.join(str(s) for s in SEEDS[:len(summaries)])})",
+              "", "| level | weights left | ticket | re-init | random pruning | ticket - re-init | "
+              "ticket - random |", "|---|---|---|---|---|---|---|"]
+    levels = [r["level"] for r in summaries[0]["levels"]]
+    arms = {"ticket": [], "re-init": [], "random pruning": []}
+    left = []
+    for lv in levels:
+      t = [next(r["test_accuracy"] for r in s["levels"] if r["level"] == lv)
+           for s in summaries]
+      ri = [next((r["test_accuracy"] for r in s["controls"]["reinit"] if r["level"] == lv),
+                 None) for s in summaries]
+      rp = [next((r["test_accuracy"] for r in s["controls"]["random_prune"]
+                  if r["level"] == lv), None) for s in summaries]
+      sp = np.mean([next(r["sparsity"] for r in s["levels"] if r["level"] == lv)
+                    for s in summaries])
+      left.append(100 * (1 - sp))
+      for k, v in zip(arms, (t, ri, rp)):
+        arms[k].append(_stats(v))
+      vr = verdict(t, ri) if None not in ri else ("-", np.nan, np.nan)
+      vp = verdict(t, rp) if None not in rp else ("-", np.nan, np.nan)
+      lines.append(f"| {lv} | {100 * (1 - sp):.2f}% | {_pm(t)} | {_pm(ri)} | {_pm(rp)} | "
+                   f"{100 * vr[1]:+.2f} ({vr[0]}) | {100 * vp[1]:+.2f} ({vp[0]}) |")
+    lines.append("")
+    for (label, st), style in zip(arms.items(), ("o-", "s--", "^:")):
+      pts = [(x, s) for x, s in zip(left, st) if s is not None]
+      if not pts:
+        continue
+      x = np.array([p[0] for p in pts])
+      m = np.array([100 * p[1][0] for p in pts])
+      sd = np.nan_to_num(np.array([100 * p[1][1] for p in pts]))
+      ax.plot(x, m, style, label=label, ms=4)
+      ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("weights left (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"IMP, {ds} ({len(summaries)} seeds, mean ± std)")
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, "imp_accuracy_vs_sparsity.png"), dpi=120)
+  plt.close(fig)
+
+  # ---- Ticket vs re-init vs prune & fine-tune at an equal budget; correlation vs eta.
+  fig, axs = plt.subplots(1, len(DATA), figsize=(5 * len(DATA), 3.8))
+  fig2, ax2 = plt.subplots(figsize=(5, 3.6))
+  for ax, ds in zip(np.atleast_1d(axs), DATA):
+    summaries = [S[f"tvf_{ds}_s{s}"] for s in SEEDS if S[f"tvf_{ds}_s{s}"]]
+    if not summaries:
+      continue
+    sp = summaries[0]["sparsity"]
+    lines += [f"#### Ticket vs re-init vs prune & fine-tune on {ds}, {100 * sp:.0f}% sparse, "
+              f"equal budget ({summaries[0]['sparse_epochs']:g} epochs each; seeds "
+              f"{', '.join(str(s) for s in SEEDS[:len(summaries)])})", "",
+              "| eta | dense | ticket | re-init | prune & fine-tune | ticket - re-init | "
+              "fine-tune - ticket | r(theta_0, theta_T) all | kept |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    rates = [r["learning_rate"] for r in summaries[0]["by_learning_rate"]]
+    series = {k: [] for k in ("dense_test_accuracy", "ticket", "reinit", "finetune")}
+    corr_all, corr_kept = [], []
+    for rate in rates:
+      rows = [next(r for r in s["by_learning_rate"] if r["learning_rate"] == rate)
+              for s in summaries]
+      vals = {k: [r[k] for r in rows] for k in series}
+      for k in series:
+        series[k].append(_stats(vals[k]))
+      ca = [r["correlation"]["all"] for r in rows]
+      ck = [r["correlation"]["kept"] for r in rows]
+      corr_all.append(_stats(ca))
+      corr_kept.append(_stats(ck))
+      v1 = verdict(vals["ticket"], vals["reinit"])
+      v2 = verdict(vals["finetune"], vals["ticket"])
+      lines.append(
+          f"| {rate:g} | {_pm(vals['dense_test_accuracy'])} | {_pm(vals['ticket'])} | "
+          f"{_pm(vals['reinit'])} | {_pm(vals['finetune'])} | {100 * v1[1]:+.2f} ({v1[0]}) | "
+          f"{100 * v2[1]:+.2f} ({v2[0]}) | {_pm(ca, 1, 3)} | {_pm(ck, 1, 3)} |")
+    lines.append("")
+    for (k, st), label, style in zip(series.items(),
+                                     ("dense", "ticket", "re-init", "prune & fine-tune"),
+                                     (":", "o-", "s--", "^-")):
+      m = np.array([100 * s[0] for s in st])
+      sd = np.nan_to_num(np.array([100 * s[1] for s in st]))
+      ax.errorbar(rates, m, yerr=sd, fmt=style, label=label, capsize=3, ms=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate eta")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{ds}, {100 * sp:.0f}% sparse ({len(summaries)} seeds, mean ± std)")
+    ax.legend(fontsize=8)
+    for st, label, style in ((corr_all, f"{ds}: all weights", "o-"),
+                             (corr_kept, f"{ds}: kept weights", "s--")):
+      m = np.array([s[0] for s in st])
+      sd = np.nan_to_num(np.array([s[1] for s in st]))
+      ax2.errorbar(rates, m, yerr=sd, fmt=style, label=label, capsize=3, ms=4)
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, "imp_ticket_vs_finetune.png"), dpi=120)
+  plt.close(fig)
+  ax2.set_xscale("log")
+  ax2.set_xlabel("learning rate eta")
+  ax2.set_ylabel("Pearson r(theta_0, theta_T)")
+  ax2.set_title("Initial vs final weights against eta")
+  ax2.legend(fontsize=8)
+  fig2.tight_layout()
+  fig2.savefig(os.path.join(FIG, "imp_correlation_vs_lr.png"), dpi=120)
+  plt.close(fig2)
+  return "\n".join(lines)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("action", choices=["commands", "run", "collect"])
+  ap.add_argument("names", nargs="*")
+  ap.add_argument("--root", default=os.path.join("runs", "imp_results"),
+                  help="relative paths are relative to the repository root")
+  args = ap.parse_args()
+  if args.action == "commands":
+    for name in runs():
+      print(shlex.join(["python"] + command(name, args.root)[1:]))
+  elif args.action == "run":
+    run(args.names or list(runs()), args.root)
+  else:
+    print(collect(args.root))
+
+
+if __name__ == "__main__":
+  main()
