@@ -6,6 +6,15 @@ jackpot in it; no download, a few minutes on a 2-core CPU.
 Prints a table of dense accuracy, magnitude pruning with no search (at 97% it
 collapses) and the jackpot (which recovers to near dense), and the jackpot mask's
 IoU with the magnitude mask. Results in <workdir>/summary.json.
+
+Measured (2026-12-02, seed 0, one process, XLA's convolutions, the 2-core CPU shared
+with other jobs: 1 min 9 s wall, 34 s of CPU; 360 test images, one is 0.28 points):
+
+  dense (pretrained here)                 99.44%
+  magnitude-pruned 97%, no search         11.11%
+  jackpot 97% (20 search epochs)          98.06%
+  jackpot mask IoU with the magnitude mask: 0.316 (random masks at these densities:
+  0.068); 3.12% of weights changed state
 """
 
 import ml_collections
