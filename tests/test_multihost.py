@@ -13,9 +13,9 @@ cross-device sums differ: the gradient and loss all-reduces and BatchNorm's batc
 moments add 8 per-device partials, in one order inside one process (XLA:CPU) and in
 another across two (gloo's reduction of the two processes' partials). Two orders of
 summing 8 float32 terms can differ by up to 2 * gamma_7 * sum|x_d| (gamma_7 = 7u /
-(1 - 7u), u = 2**-24; Higham, Accuracy and Stability of Numerical Algorithms, 4.2),
-which is below one ulp of the results here. What follows is the same sequence of
-operations on both copies, so:
+(1 - 7u), u = 2**-24; Higham, Accuracy and Stability of Numerical Algorithms, 4.2): a
+few units in the last place of the sum unless its terms cancel. What follows is the
+same sequence of operations on both copies, so:
 
 * masks, a function of the scores' order, are equal unless a score ends within that
   difference of the swap threshold: they are compared bitwise (and so are the eval
