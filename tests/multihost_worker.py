@@ -12,8 +12,10 @@ Every file this process opens for writing, creates, renames or removes through
 Python (`open`, `os.open`, pathlib, tempfile, `os.replace`, `os.mkdir`, ...) is
 recorded with a Python audit hook (PEP 578) and written to REPORT with the
 process's view of the run (process index, device counts, the train stream positions it read).
-Orbax's array data goes through TensorStore's C++ I/O and is not seen here; the
-test accounts for that.
+Files written from native code are not seen by the hook: safetensors' (Rust) are
+recorded by wrapping `safetensors.numpy.save_file`, the only writer of them here;
+Orbax's array data goes through TensorStore's C++ I/O and is not recorded (the test
+allows process 1 checkpoint writes anyway: Orbax coordinates them).
 
 The caller sets XLA_FLAGS (the simulated device count) before this starts.
 """
@@ -59,6 +61,18 @@ def main(argv: list[str]) -> None:
     distributed.initialize_once(coordinator_address=f"127.0.0.1:{port}",
                                 num_processes=num_processes, process_id=process_id,
                                 initialization_timeout=120)
+
+  # safetensors writes its files from Rust, past the audit hook: record its calls.
+  import safetensors.numpy
+
+  def recorded(save):
+    def save_file(tensors, filename, *args, **kwargs):
+      if _recording:
+        _events.append(("open", os.fsdecode(filename)))
+      return save(tensors, filename, *args, **kwargs)
+    return save_file
+
+  safetensors.numpy.save_file = recorded(safetensors.numpy.save_file)
 
   import importlib.util
   from lottery_jax import experiments
