@@ -12,7 +12,7 @@ def __getattr__(name):
   if name == "load_run":
     from lottery_jax.engine.io import load_run
     return load_run
-  if name in ("masks", "models", "data", "search", "engine", "convert", "tickets"):
+  if name in ("api", "masks", "models", "data", "search", "engine", "convert", "tickets"):
     import importlib
     return importlib.import_module(f"lottery_jax.{name}")
   raise AttributeError(f"module 'lottery_jax' has no attribute {name!r}")
