@@ -165,9 +165,11 @@ def conv4(num_classes: int = 10, **kw) -> ConvNet:
 
 
 @register("conv6", input_shape=(32, 32, 3), classifier=("fc3",), family="small")
-def conv6(num_classes: int = 10, **kw) -> ConvNet:
-  """Conv-6 (2,262,602 params at 10 classes). kw: `batch_norm`, `bn_affine`, `dtype`."""
-  return ConvNet(widths=(64, 128, 256), num_classes=num_classes, **kw)
+def conv6(num_classes: int = 10, widths: tuple[int, ...] = (64, 128, 256), **kw) -> ConvNet:
+  """Conv-6 (2,262,602 params at 10 classes). kw: `widths` (the three blocks' channels,
+  e.g. (16, 32, 64) for a quarter-width Conv-6 that a CPU can train), `hidden`,
+  `batch_norm`, `bn_affine`, `dtype`."""
+  return ConvNet(widths=tuple(widths), num_classes=num_classes, **kw)
 
 
 @register("mnist1d_cnn", input_shape=(40, 1), classifier=("fc",), family="small")
