@@ -23,7 +23,7 @@ r = `freeze.lock_fraction` (locked), the rest searched:
   for f = 0.2, 49-99-99 for f = 0.4).
 * `c10_p<p>_r<r>_s<seed>`: configs/slt_conv6_cifar10.py (Conv-6, no BatchNorm) at a
   quarter of its width (`model.kwargs.widths` (16, 32, 64), dense layers 256-256 as
-  in Conv-6: 402,752 masked weights; the full width ran at ~12 s a step here) on a
+  in Conv-6: 402,096 masked weights; the full width ran at ~12 s a step here) on a
   fixed random 10,000-image subset of the CIFAR-10 training set
   (`data.max_train_examples`, the same subset for every run) for 6 epochs (468 steps,
   cosine per epoch), evaluated at the end on the full 10,000-image test set;
