@@ -157,3 +157,54 @@ def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="max_swaps"):
     api.jackpot(_params(), 0.5, max_swaps=0)
 
+
+
+def test_the_same_search_as_the_engine(tmp_path):
+  """The engine's jackpot step and a user's loop written with lottery_jax.api (same
+  model, batches and score optimiser, BatchNorm statistics carried by the user) find
+  the same masks: the API is the engine's rule, not a second implementation."""
+  from lottery_jax.engine import loop, programs
+  from lottery_jax.engine.losses import cross_entropy
+  from lottery_jax.engine.optim import make_optimizer
+  from test_engine import search_config, tiny_config
+
+  pretrained = str(tmp_path / "pretrained")
+  loop.run(tiny_config(num_steps=16, **{"optimizer.learning_rate": 0.05}), pretrained)
+  config = search_config(pretrained, num_steps=6)
+  r = loop.build(config, mesh=loop.make_mesh(jax.devices()[:1]))
+  it = r.train_iter()
+  batches = [next(it) for _ in range(6)]
+  state = r.state
+  for batch in batches:
+    state, _ = r.train_step(state, batch)
+
+  params = r.starting_variables["params"]
+  stats = r.starting_variables["batch_stats"]
+  search = api.jackpot(params, config.sparsity,
+                       where=programs.prunable_where(config, r.spec.classifier))
+  tx = make_optimizer(config.optimizer, r.total_steps, r.data.steps_per_epoch)
+  s = search.init()
+  opt_state = tx.init(s.scores)
+
+  @jax.jit
+  def step(s, opt_state, stats, batch):
+    def loss(scores):
+      logits, new = r.model.apply(
+          {"params": search.weights(params, scores, s.masks), "batch_stats": stats},
+          batch["image"], train=True, mutable=["batch_stats"])
+      return cross_entropy(logits, batch["label"]).mean(), new["batch_stats"]
+    (_, stats), grads = jax.value_and_grad(loss, has_aux=True)(s.scores)
+    updates, opt_state = tx.update(grads, opt_state, s.scores)
+    s, _ = search.update(s, optax.apply_updates(s.scores, updates))
+    return s, opt_state, stats
+
+  for batch in batches:
+    s, opt_state, stats = step(s, opt_state, stats, batch)
+  moved = 0
+  for got, want, start in zip(jax.tree.leaves(s.masks), jax.tree.leaves(state.masks),
+                              jax.tree.leaves(r.initial_masks)):
+    np.testing.assert_array_equal(got, want)
+    moved += int(np.sum(np.asarray(got) != np.asarray(start)))
+  assert moved > 0  # the masks did change in 6 steps
+  for got, want in zip(jax.tree.leaves(s.scores), jax.tree.leaves(state.scores)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
