@@ -567,6 +567,20 @@ def magnitude(params: PyTree, sparsities: Any, where: Predicate = prunable, *,
   Raises:
     ValueError: sparsity outside [0, 1), mismatched structures, or a target the
       partition makes infeasible (naming the leaf).
+
+  >>> import jax.numpy as jnp
+  >>> from lottery_jax import masks
+  >>> params = {"conv": {"kernel": jnp.array([[0.3, -0.1], [2.0, 0.1]]),
+  ...                    "bias": jnp.ones(2)}}
+  >>> kept = masks.magnitude(params, 0.5)     # floor(0.5 * 4) = 2 pruned per kernel
+  >>> kept["conv"]["kernel"]                  # tie |0.1|: the lower flat index goes
+  Array([[ True, False],
+         [ True, False]], dtype=bool)
+  >>> kept["conv"]["bias"]                    # not selected: all kept
+  Array([ True,  True], dtype=bool)
+  >>> masks.apply(params, kept)["conv"]["kernel"]
+  Array([[0.3, 0. ],
+         [2. , 0. ]], dtype=float32)
   """
   return _make_masks("magnitude", params, sparsities, where, partition,
                      "magnitude")
@@ -1021,6 +1035,13 @@ def overlap(a: PyTree, b: PyTree, where: Predicate = prunable) -> Overlap:
 
   Returns:
     :class:`Overlap`, symmetric in ``a`` and ``b``.
+
+  >>> import jax.numpy as jnp
+  >>> from lottery_jax import masks
+  >>> a = {"w": jnp.array([[True, True], [False, False]])}
+  >>> b = {"w": jnp.array([[True, False], [True, False]])}
+  >>> masks.overlap(a, b).total               # 1 kept in both, 3 kept in either
+  0.3333333333333333
   """
   paths, (la, lb), treedef = _mask_leaves("overlap", (a, b))
   inter, uni = _overlap_counts(la, lb)
