@@ -29,6 +29,7 @@ leaves without an entry get ones / all-True, the "not pruned" convention of
 
 from __future__ import annotations
 
+import io as io_lib
 import json
 import os
 from typing import Any, Mapping
@@ -36,6 +37,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from lottery_jax import models
 
@@ -144,12 +146,12 @@ def _to_numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
-def _load_torch_file(path: str) -> Mapping[str, Any]:
+def _load_torch_file(path: str, data: bytes) -> Mapping[str, Any]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(f"{path}: {TORCH_HINT}") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  obj = torch.load(io_lib.BytesIO(data), map_location="cpu", weights_only=True)
   if isinstance(obj, Mapping):
     for key in ("state_dict", "model_state_dict", "model"):
       if key in obj and isinstance(obj[key], Mapping):
@@ -177,19 +179,27 @@ def read_state_dict(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict
   else:
     path = os.fspath(path_or_dict)
     ext = os.path.splitext(path)[1].lower()
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if ext in (".pt", ".pth", ".bin", ".tar"):
-      raw = _load_torch_file(path)
-    elif ext == ".safetensors":
-      from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-      raw = load_file(path)
-    elif ext == ".npz":
-      with np.load(path, allow_pickle=False) as data:
-        raw = {k: data[k] for k in data.files}
-    else:
+    if ext not in (".pt", ".pth", ".bin", ".tar", ".safetensors", ".npz"):
       raise ValueError(f"{path}: unknown checkpoint format {ext!r}; expected .pt, .pth, "
                        ".safetensors or .npz")
+    data = epath.Path(path).read_bytes()
+    try:
+      if ext == ".safetensors":
+        import safetensors.numpy  # pylint: disable=import-outside-toplevel
+        raw = safetensors.numpy.load(data)
+      elif ext == ".npz":
+        with np.load(io_lib.BytesIO(data), allow_pickle=False) as npz:
+          raw = {k: npz[k] for k in npz.files}
+      else:
+        raw = _load_torch_file(path, data)
+    except ImportError:
+      raise
+    except Exception as e:  # each format fails its own way on a damaged file
+      raise ValueError(f"{path} is not a readable {ext} checkpoint ({type(e).__name__}: "
+                       f"{e}): it is truncated or damaged; download or export it "
+                       "again") from None
   out = {}
   for key, value in raw.items():
     key = str(key)
@@ -251,7 +261,7 @@ def load_torch_state_dict(path_or_dict: str | os.PathLike | Mapping[str, Any], m
       continue
     weights[key] = value
   mask_file = _masks_path(path_or_dict) if not isinstance(path_or_dict, Mapping) else None
-  if mask_file and os.path.exists(mask_file):
+  if mask_file and epath.Path(mask_file).exists():
     # Masks written by export_torch_state_dict; checked below like the weights.
     extras["masks"].update(read_packed_masks(mask_file))
 
@@ -363,7 +373,7 @@ def export_torch_state_dict(variables: Mapping[str, PyTree], model_name: str,
   Returns:
     `{"state_dict": path, "masks": masks path}` (the latter only with masks).
   """
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   path = os.fspath(path)
   if not path.endswith(".safetensors"):
     raise ValueError(f"export path must end in .safetensors, got {path!r}")
@@ -406,10 +416,13 @@ def export_torch_state_dict(variables: Mapping[str, PyTree], model_name: str,
     bn_modules.add(torch_key(path_).rpartition(".")[0])
   for module in sorted(bn_modules):
     tensors[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
-  save_file(tensors, path, metadata={"format": "pt", "model": model_name})
+  # Through epath (the workdir may be gs://), as plain files that honour the umask.
+  epath.Path(path).write_bytes(
+      safetensors.numpy.save(tensors, metadata={"format": "pt", "model": model_name}))
   out = {"state_dict": path}
   if masks is not None:
     mpath = _masks_path(path)
-    save_file(packed, mpath, metadata={"shapes": json.dumps(mask_shapes), "model": model_name})
+    epath.Path(mpath).write_bytes(safetensors.numpy.save(
+        packed, metadata={"shapes": json.dumps(mask_shapes), "model": model_name}))
     out["masks"] = mpath
   return out

@@ -7,6 +7,7 @@ overridable on the command line (`--config.sparsity=0.95`).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import ml_collections
@@ -27,6 +28,7 @@ IMP_SCOPES = ("global", "layerwise")
 CONV_IMPLS = ("xla", "torch", "unrolled")
 WEIGHT_INITS = ("", "kaiming_uniform", "kaiming_normal", "signed_constant")
 FREEZE_DISTRIBUTIONS = ("uniform", "erk")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -189,8 +191,34 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not cond:
       raise ConfigError(f"config.{field}={value!r} is invalid: expected {expected}")
 
+  for key, value in flatten(c).items():
+    if isinstance(value, float):
+      need(math.isfinite(value), key, value, "a finite number")
+  need(isinstance(c.experiment, str) and c.experiment, "experiment", c.experiment,
+       "the name of a registered experiment")
+  need(isinstance(c.model.name, str) and c.model.name, "model.name", c.model.name,
+       "the name of a registered model")
   need(c.model.get("conv", "xla") in CONV_IMPLS, "model.conv", c.model.get("conv"),
        f"one of {CONV_IMPLS}")
+  opt = c.optimizer
+  need(opt.get("name", "sgd") in OPTIMIZERS, "optimizer.name", opt.get("name"),
+       f"one of {OPTIMIZERS}")
+  need(isinstance(opt.learning_rate, (int, float)) and opt.learning_rate >= 0,
+       "optimizer.learning_rate", opt.learning_rate, "a number >= 0")
+  need(opt.get("weight_decay", 0.0) >= 0, "optimizer.weight_decay",
+       opt.get("weight_decay"), "a number >= 0")
+  need(0.0 <= opt.get("momentum", 0.0) < 1.0, "optimizer.momentum", opt.get("momentum"),
+       "a number in [0, 1)")
+  need(opt.get("warmup_epochs", 0.0) >= 0, "optimizer.warmup_epochs",
+       opt.get("warmup_epochs"), "a number >= 0")
+  need(opt.get("decay_factor", 0.1) > 0, "optimizer.decay_factor",
+       opt.get("decay_factor"), "a number > 0")
+  need(all(isinstance(m, (int, float)) and m >= 0 for m in opt.get("milestones", ())),
+       "optimizer.milestones", opt.get("milestones"), "a tuple of epochs >= 0")
+  for field in ("batch_size", "eval_batch_size"):
+    if field in c.data:
+      need(isinstance(c.data[field], int) and c.data[field] >= 1, f"data.{field}",
+           c.data[field], "an int >= 1")
   need(isinstance(c.mask.program, str) and c.mask.program, "mask.program", c.mask.program,
        "the name of a registered mask program")
   need(isinstance(c.sparsity, (int, float)) and 0.0 <= c.sparsity < 1.0, "sparsity",

@@ -11,20 +11,31 @@
 * TensorBoard event files under `tensorboard/`.
 
 `load_run(workdir)` returns all of it as NumPy arrays in nested dicts.
+
+Every path here is an `etils.epath.Path` (or a string turned into one), so a workdir
+may be anywhere Orbax can write: a local or shared filesystem, or `gs://bucket/run`.
+Writes are atomic (a temporary file renamed over the target) and create files with
+the default mode, so they honour the umask. Only process 0 writes: callers check
+`is_lead()`. Running out of space raises `DiskFullError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from typing import Any
 
 import jax
 import numpy as np
-from safetensors.numpy import load_file, save_file
+import safetensors.numpy
+from etils import epath
+from safetensors import SafetensorError
 
 from lottery_jax import masks as mask_algebra
-from lottery_jax.engine.errors import CheckpointMismatchError
+from lottery_jax.engine import faults
+from lottery_jax.engine.errors import CheckpointMismatchError, DiskFullError
 
 SEP = "/"
 
@@ -59,82 +70,152 @@ def plain(tree):
   return np.asarray(jax.device_get(tree))
 
 
+# ---------------------------------------------------------------- files
+PathLike = str | os.PathLike
+
+
+def is_lead() -> bool:
+  """Whether this process writes the workdir's files (JSON, exports, TensorBoard, the
+  lock): process 0 only. Orbax coordinates the checkpoint writes of every process."""
+  return jax.process_index() == 0
+
+
+def is_remote(path: PathLike) -> bool:
+  """A path of an object store (`gs://`, `s3://`...) rather than a filesystem."""
+  return "://" in os.fspath(path)
+
+
+def absolute(path: PathLike) -> epath.Path:
+  p = epath.Path(path)
+  return p if is_remote(p) else epath.Path(os.path.abspath(os.fspath(p)))
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = os.strerror(errno.ENOSPC)  # "No space left on device"
+
+
+@contextlib.contextmanager
+def disk_full_names(path: PathLike, what: str = "writing"):
+  """Turns an out-of-space OSError into `DiskFullError` naming `path`."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001  (TensorStore reports ENOSPC as ValueError)
+    if (isinstance(e, OSError) and e.errno in _NO_SPACE) or (
+        not isinstance(e, DiskFullError) and _NO_SPACE_TEXT in str(e)):
+      raise DiskFullError(
+          f"no space left on the device while {what} {os.fspath(path)}; nothing already "
+          "written was changed: free space and run the same command again") from None
+    raise
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+  """Writes `data` atomically: a reader sees the old file or the new one, never half
+  of one (on object stores an upload is atomic by itself)."""
+  path = epath.Path(path)
+  tmp = path.parent / f".{path.name}.tmp"
+  with disk_full_names(path):
+    try:
+      tmp.write_bytes(data)
+      tmp.replace(path)
+    except BaseException:
+      if tmp.exists():
+        tmp.unlink()
+      raise
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+  """Writes `obj` as JSON atomically: `summary.json` marks a finished stage."""
+  write_bytes(path, json.dumps(obj, indent=1, sort_keys=False, default=float).encode())
+
+
+def read_json(path: PathLike) -> Any:
+  return json.loads(epath.Path(path).read_text())
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], path: PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+  write_bytes(path, safetensors.numpy.save(tensors, metadata=metadata))
+
+
+def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
+  """The arrays of a `.safetensors` file; a damaged file raises ValueError naming it."""
+  path = epath.Path(path)
+  try:
+    return safetensors.numpy.load(path.read_bytes())
+  except (SafetensorError, ValueError) as e:
+    raise ValueError(f"{path} is not a readable .safetensors file ({e}): it is truncated "
+                     "or damaged; write or download it again") from None
+
+
 # ---------------------------------------------------------------- export / load
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as JSON atomically (a temporary file renamed over `path`), so a
-  reader never sees half a file: `summary.json` marks a finished stage."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=False, default=float)
-  os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
 
 
 def export(workdir: str, *, model_name: str, model_kwargs: dict, state, masked,
            train_scores: bool) -> None:
   """Writes the finished state's weights, masks and scores (one copy, no sibling axis)."""
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(workdir)
+  with disk_full_names(workdir, "creating"):
+    workdir.mkdir(parents=True, exist_ok=True)
   with jax.transfer_guard("allow"):
     params = plain(mask_algebra.apply(state.params, state.masks))
     batch_stats = plain(state.batch_stats)
     masks = plain(state.masks)
     scores = plain(state.scores)
-  save_file(flatten_dict({"params": params, "batch_stats": batch_stats}),
-            os.path.join(workdir, "variables.safetensors"))
+  save_safetensors(flatten_dict({"params": params, "batch_stats": batch_stats}),
+                   workdir / "variables.safetensors")
+  faults.point("export")  # the export half written
   # The same sub-network in PyTorch layout and names (torchvision's for the
   # torchvision models), masks bit-packed beside it, for use outside JAX.
   from lottery_jax import convert
   convert.export_torch_state_dict(
       {"params": params, "batch_stats": batch_stats}, model_name,
-      os.path.join(workdir, "torch_state_dict.safetensors"), masks=masks, **model_kwargs)
+      workdir / "torch_state_dict.safetensors", masks=masks, **model_kwargs)
   packed = plain(mask_algebra.pack(masks))
-  save_file(flatten_dict(packed), os.path.join(workdir, "masks.safetensors"))
+  save_safetensors(flatten_dict(packed), workdir / "masks.safetensors")
   if train_scores:
     searched = flatten_dict(plain(masked))
-    save_file({k: v for k, v in flatten_dict(scores).items() if bool(searched[k])},
-              os.path.join(workdir, "scores.safetensors"))
+    save_safetensors({k: v for k, v in flatten_dict(scores).items() if bool(searched[k])},
+                     workdir / "scores.safetensors")
 
 
-def load_run(workdir: str) -> dict[str, Any]:
+def load_run(workdir: PathLike) -> dict[str, Any]:
   """`{"params", "batch_stats", "masks", "scores"}` of a finished run, as NumPy.
 
   `params` are the masked weights; `masks` are boolean; `scores` holds the searched
   leaves only (empty for dense runs).
   """
-  path = os.path.join(workdir, "variables.safetensors")
-  if not os.path.exists(path):
+  workdir = epath.Path(workdir)
+  path = workdir / "variables.safetensors"
+  if not path.exists():
     raise FileNotFoundError(
         f"{path} does not exist: {workdir} is not a finished lottery_jax run "
         "(run `python -m lottery_jax.main --config=... --workdir=...` to completion first)")
-  variables = unflatten_dict(load_file(path))
+  variables = unflatten_dict(load_safetensors(path))
   params = variables["params"]
-  packed = unflatten_dict(load_file(os.path.join(workdir, "masks.safetensors")))
+  packed = unflatten_dict(load_safetensors(workdir / "masks.safetensors"))
   masks = plain(mask_algebra.unpack(packed, params))
-  scores_path = os.path.join(workdir, "scores.safetensors")
-  scores = unflatten_dict(load_file(scores_path)) if os.path.exists(scores_path) else {}
+  scores_path = workdir / "scores.safetensors"
+  scores = unflatten_dict(load_safetensors(scores_path)) if scores_path.exists() else {}
   return {"params": params, "batch_stats": variables.get("batch_stats", {}),
           "masks": masks, "scores": scores}
 
 
-def save_masks(path: str, masks) -> None:
+def save_masks(path: PathLike, masks) -> None:
   """Writes bool `masks` (a tree like the params) bit-packed, as a run's
   `masks.safetensors`; such a file can be a stage's `config.mask.source`."""
-  save_file(flatten_dict(plain(mask_algebra.pack(plain(masks)))), path)
+  save_safetensors(flatten_dict(plain(mask_algebra.pack(plain(masks)))), path)
 
 
-def load_mask_source(path: str, like) -> dict[str, Any]:
+def load_mask_source(path: PathLike, like) -> dict[str, Any]:
   """What `config.mask.source` names, checked against the params `like`: a finished
   run's workdir (`{"params", "batch_stats", "masks", "scores"}` of `load_run`), or a
   `.safetensors` file of bit-packed masks (`save_masks`; `{"masks"}` only, with
   `params` and `batch_stats` None: programs that rank weights need a run)."""
-  if os.path.isdir(path):
+  p = epath.Path(path)
+  if p.is_dir():
     source = load_run(path)
-  elif path.endswith(".safetensors") and os.path.isfile(path):
-    packed = unflatten_dict(load_file(path))
+  elif p.name.endswith(".safetensors") and p.exists():
+    packed = unflatten_dict(load_safetensors(path))
     try:
       masks = plain(mask_algebra.unpack(packed, plain(like)))
     except (KeyError, ValueError, TypeError) as e:
@@ -168,20 +249,21 @@ def check_like(loaded: dict, like: dict, source: str) -> None:
         "Check config.model.name and the number of classes of config.data.")
 
 
-def load_pretrained(path: str, model_name: str, num_classes: int, like: dict) -> dict:
+def load_pretrained(path: PathLike, model_name: str, num_classes: int, like: dict) -> dict:
   """Starting weights from a run's workdir, a Flax-layout file, or a PyTorch
   checkpoint (converted by `lottery_jax.convert`). Checked against `like`."""
-  if not os.path.exists(path):
+  p = epath.Path(path)
+  if not p.exists():
     raise FileNotFoundError(
-        f"config.pretrained={path!r} does not exist; give a run's workdir or a "
+        f"config.pretrained={os.fspath(path)!r} does not exist; give a run's workdir or a "
         ".pt/.pth/.safetensors/.npz checkpoint")
-  if os.path.isdir(path):
+  if p.is_dir():
     loaded = load_run(path)
     variables = {"params": loaded["params"], "batch_stats": loaded["batch_stats"]}
   else:
     variables = None
-    if path.endswith(".safetensors"):
-      flat = load_file(path)
+    if p.name.endswith(".safetensors"):
+      flat = load_safetensors(path)
       if flat and all(k.startswith(("params/", "batch_stats/")) for k in flat):
         variables = unflatten_dict(flat)
     if variables is None:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lottery_jax import data as data_lib
@@ -37,7 +38,9 @@ from lottery_jax import masks as mask_algebra
 from lottery_jax import models
 from lottery_jax.engine import analyses
 from lottery_jax.engine import config as config_lib
+from lottery_jax.engine import faults
 from lottery_jax.engine import io
+from lottery_jax.engine import lock
 from lottery_jax.engine import monitor
 from lottery_jax.engine import programs
 from lottery_jax.engine.checkpoint import Checkpointer
@@ -181,6 +184,17 @@ def _batch_spec(mesh: Mesh, siblings: int) -> P:
   return P(None, DATA_AXIS) if siblings else P(DATA_AXIS)
 
 
+def make_model(config, num_classes: int):
+  """The config's model; keyword arguments it does not take raise ConfigError."""
+  kwargs = config.model.kwargs.to_dict()
+  try:
+    return models.get(config.model.name, num_classes=num_classes, **kwargs)
+  except TypeError as e:
+    raise ConfigError(f"config.model.kwargs={kwargs!r} do not fit model "
+                      f"{config.model.name!r} ({e}); see its builder in "
+                      "lottery_jax/models") from None
+
+
 def stage_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The keys of a stage with `config.seed=seed`: the model's init, the mask program's
   (`Context.key`), the train state's RNG. A method that regenerates a run's weights
@@ -207,8 +221,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     data = data_lib.build(config.data, mesh=mesh, seed=config.seed)
     sibling_data = [data]
   spec = models.spec(config.model.name)
-  model = models.get(config.model.name, num_classes=data.info.num_classes,
-                     **config.model.kwargs.to_dict())
+  model = make_model(config, data.info.num_classes)
   if tuple(data.info.input_shape) != tuple(spec.input_shape):
     log.info("model %s registered for input %s, data gives %s", spec.name,
              spec.input_shape, data.info.input_shape)
@@ -290,8 +303,8 @@ def _load_fork(config, like) -> Fork:
   want = int(config.start.step)
   candidates = []
   for sub in (REWIND_DIR, CHECKPOINT_DIR):
-    directory = os.path.join(src, sub)
-    if os.path.isdir(directory):
+    directory = epath.Path(src) / sub
+    if directory.is_dir():
       ckpt = Checkpointer(directory, keep=None, create=False)
       steps = ckpt.all_steps()
       candidates.append((sub, steps))
@@ -335,8 +348,8 @@ def _apply_fork(state: TrainState, fork: Fork, config) -> TrainState:
 
 def finished_summary(config, workdir: str) -> dict | None:
   """The summary of `workdir` if it holds this config's finished stage."""
-  path = os.path.join(workdir, "summary.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "summary.json"
+  if not path.exists():
     return None
   summary = io.read_json(path)
   saved = summary.get("config")
@@ -354,36 +367,51 @@ def finished_summary(config, workdir: str) -> dict | None:
 def run(config: ml_collections.ConfigDict, workdir: str,
         mesh: Mesh | None = None) -> dict[str, Any]:
   """Runs (or resumes, or returns the finished) stage in `workdir`; returns its
-  summary."""
+  summary. `workdir` is a local path or any path `etils.epath` reaches (`gs://...`)."""
   config_lib.validate(config)
   done = finished_summary(config, workdir)
   if done is not None:
     log.info("%s: finished already (summary.json); skipped", workdir)
     return done
   r = build(config, mesh)
+  # One writer per workdir (process 0 holds the lock on a pod), from the first write
+  # to the last; a bad input above has written nothing.
+  with lock.hold(workdir):
+    return _run_locked(r, config, workdir)
+
+
+def _run_locked(r: Run, config, workdir: str) -> dict[str, Any]:
   config_json = json.loads(config_lib.to_json(config))
   layout_json = r.layout_json()
-
-  summary_path = os.path.join(workdir, "summary.json")
-  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  root = epath.Path(workdir)
+  summary_path = root / "summary.json"
+  ckpt_dir = root / CHECKPOINT_DIR
   _check_resumable(workdir, ckpt_dir, config_json, config.allow_config_change)
 
-  # On a pod the workdir is a shared filesystem (Filestore/NFS, or a bucket mounted
-  # with gcsfuse); Orbax coordinates the checkpoint writes, process 0 writes the rest.
-  lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  # The initial evaluation reads the whole eval split: a corrupt or empty eval image
+  # fails here, before the first write (on resume initial_eval.json exists).
+  initial_path = root / "initial_eval.json"
+  initial_eval = io.read_json(initial_path) if initial_path.exists() else r.evaluate(r.state)
+
+  # Orbax coordinates the checkpoint writes of every process; process 0 writes the
+  # rest (JSON, exports, TensorBoard, the lock).
+  lead = io.is_lead()
   if lead:
-    io.write_json(os.path.join(workdir, "config.json"), config_json)
+    io.write_json(root / "config.json", config_json)
 
   checkpointer = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
-  rewinder = (Checkpointer(os.path.join(workdir, REWIND_DIR), keep=None)
+  rewinder = (Checkpointer(root / REWIND_DIR, keep=None)
               if config.rewind_step >= 0 else None)
   train_iter = r.train_iter()
   state = r.state
   latest = checkpointer.latest_step()
   if latest is not None:
     _check_layout(checkpointer, latest, layout_json, ckpt_dir, config.allow_config_change)
-    state, data_state, _ = checkpointer.restore(latest, state)
+  good = checkpointer.restore_latest_good(state)
+  if good is not None:
+    latest, state, data_state, saved_meta = good
+    # The log rows up to the checkpoint; those after it are logged again, identically.
+    history = list(saved_meta.get("history", []))
     train_iter.set_state(data_state)
     start_step = latest
     log.info("resumed from %s at step %d", ckpt_dir, latest)
@@ -393,14 +421,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     log.info("forked from %s at step %d", r.fork.workdir, r.fork.step)
   else:
     start_step = 0
+  if good is None:
+    history = []
 
-  initial_path = os.path.join(workdir, "initial_eval.json")
-  if os.path.exists(initial_path):
-    initial_eval = io.read_json(initial_path)
-  else:
-    initial_eval = r.evaluate(state)
-    if lead:
-      io.write_json(initial_path, initial_eval)
+  if lead and not initial_path.exists():
+    io.write_json(initial_path, initial_eval)
   log.info("%s: initial eval accuracy %.4f loss %.4f", workdir,
            initial_eval["accuracy"], initial_eval["loss"])
 
@@ -409,9 +434,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       and config.rewind_step not in rewinder.all_steps():
     rewinder.save(start_step, state, train_iter.get_state(), {"step": start_step, **meta})
 
-  writer = monitor.MetricWriter(workdir, enabled=config.tensorboard)
+  writer = monitor.MetricWriter(workdir, enabled=config.tensorboard and lead)
   start_time = time.time()
-  history: list[dict[str, Any]] = []
   eval_every = int(config.eval_every_epochs * r.data.steps_per_epoch)
   progress = monitor.progress_bar(r.stop_step, start_step, enabled=config.progress_bar)
   try:
@@ -421,6 +445,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       while step < r.stop_step:
         batch = next(train_iter)
         state, metrics = r.train_step(state, batch)
+        faults.point("step")  # the step dispatched, still computing
         step += 1
         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
         acc_n += 1
@@ -452,7 +477,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         if step % config.checkpoint_every_steps == 0 or last or preemption.requested:
           with jax.transfer_guard("allow"):
             _raise_if_bad(jax.device_get(state.bad_step), checkpointer)
-          checkpointer.save(step, state, train_iter.get_state(), {"step": step, **meta})
+          checkpointer.save(step, state, train_iter.get_state(),
+                            {"step": step, **meta, "history": history})
         if preemption.requested:
           checkpointer.wait()
           raise Preempted(143)
@@ -484,7 +510,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 
 def sibling_dir(workdir: str, i: int) -> str:
-  return os.path.join(workdir, "siblings", str(i))
+  return os.fspath(epath.Path(workdir) / "siblings" / str(i))
 
 
 def copy_of(tree, i: int | None):
@@ -582,8 +608,8 @@ def _raise_if_bad(bad_step, checkpointer: Checkpointer):
 
 
 def _check_resumable(workdir, ckpt_dir, config_json, allow_change: bool):
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path) or not os.path.isdir(ckpt_dir):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists() or not epath.Path(ckpt_dir).is_dir():
     return
   saved = io.read_json(path)
   diffs = config_lib.differences(saved, config_json)
@@ -597,7 +623,10 @@ def _check_resumable(workdir, ckpt_dir, config_json, allow_change: bool):
 
 def _check_layout(checkpointer: Checkpointer, step: int, layout_json: dict, ckpt_dir: str,
                   allow_change: bool) -> None:
-  saved = checkpointer.read_meta(step).get("layout")
+  try:
+    saved = checkpointer.read_meta(step).get("layout")
+  except Exception:  # a damaged checkpoint: restore_latest_good names it, skips it
+    return
   if saved is None or allow_change or programs.layout_json_equal(saved, layout_json):
     return
   raise CheckpointMismatchError(

@@ -8,18 +8,57 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
+from lottery_jax.engine import io
 from lottery_jax.engine.io import flatten_dict, plain
 
 
+class _EpathEventFile:
+  """A TensorBoard event file on an object store, written through `etils.epath`
+  (objects cannot be appended to: each flush uploads the whole file, as
+  tensorboardX's own GCS writer does)."""
+
+  def __init__(self, path: str):
+    self._path = epath.Path(path)
+    self._buffer = bytearray()
+
+  def write(self, data: bytes) -> None:
+    self._buffer += data
+
+  def flush(self) -> None:
+    self._path.write_bytes(bytes(self._buffer))
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathEventFiles:
+  """tensorboardX's writer factory protocol, for `gs://`, `s3://` workdirs."""
+
+  def open(self, path):
+    return _EpathEventFile(path)
+
+  def directory_check(self, path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_epath_event_files() -> None:
+  from tensorboardX import record_writer
+  for prefix in ("gs", "s3"):
+    record_writer.register_writer_factory(prefix, _EpathEventFiles())
+
+
 class MetricWriter:
-  """TensorBoard scalars (tensorboardX: no TensorFlow needed)."""
+  """TensorBoard scalars (tensorboardX: no TensorFlow needed); on an object store
+  through `etils.epath` like every other file of the workdir. Process 0 only."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._writer = None
-    if enabled and jax.process_index() == 0:
+    if enabled and io.is_lead():
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      _register_epath_event_files()
+      self._writer = SummaryWriter(os.fspath(epath.Path(workdir) / "tensorboard"))
 
   def write(self, step: int, row: dict[str, Any]) -> None:
     if self._writer is None:

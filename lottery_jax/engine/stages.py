@@ -22,8 +22,11 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from lottery_jax import models
 from lottery_jax.engine import config as config_lib
-from lottery_jax.engine import loop, programs
+from lottery_jax.engine import faults, loop, programs
+from lottery_jax.engine.errors import ConfigError
+from lottery_jax.engine.optim import make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,13 @@ def validate(stages: Sequence[Stage]) -> None:
   for s in stages:
     try:
       config_lib.validate(s.config)
+      try:
+        models.spec(s.config.model.name)
+      except ValueError as e:
+        raise ConfigError(f"config.model.name: {e}") from None
+      loop.make_model(s.config, num_classes=2)  # its kwargs (the module is not built)
+      # Names and ranges the optimiser and the mask program check when built.
+      make_optimizer(s.config.optimizer, total_steps=1, steps_per_epoch=1)
       programs.get_program(s.config, total_steps=1)
     except ValueError as e:
       where = f"stage {s.name!r}: " if len(stages) > 1 else ""
@@ -57,6 +67,7 @@ def run_stages(stages: Sequence[Stage], workdir: str, mesh=None) -> dict[str, An
   for s in stages:
     out[s.name] = loop.run(s.config, stage_dir(workdir, s.name), mesh=mesh)
     _wait_for_process_0(s.name)
+    faults.point("stage")
   return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from lottery_jax import search, tickets  # noqa: F401  (register the mask programs)
-from lottery_jax.engine import distributed
+from lottery_jax.engine import distributed, lock
 from lottery_jax.experiments import basic  # noqa: F401  (registers the experiments)
 from lottery_jax.experiments.tickets import imp_stages  # noqa: F401  (registers imp)
 from lottery_jax.experiments import strong  # noqa: F401  (registers "strong_ticket")
@@ -26,4 +26,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs `config.experiment` in `workdir` (multi-process start-up once per process)."""
   if config.multihost:
     distributed.initialize_once()
-  return get(config.experiment)(config, workdir)
+  # One writer per workdir for the whole experiment (its stages hold it again, and
+  # so do runs that call loop.run directly); a bad input leaves no trace.
+  with lock.hold(workdir):
+    return get(config.experiment)(config, workdir)

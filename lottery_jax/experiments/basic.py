@@ -57,7 +57,8 @@ def quickstart(config, workdir: str) -> dict:
              "jackpot": jackpot["final_eval"],
              "iou_with_magnitude": jackpot["mask_analysis"]["iou_magnitude"],
              "sparsity": jackpot["sparsity"]["of_pruned_layers"], "table": table}
-  io.write_json(os.path.join(workdir, "summary.json"), summary)
+  if io.is_lead():
+    io.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

@@ -36,6 +36,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from etils import epath
+
 from lottery_jax import models
 from lottery_jax.engine import io, loop, programs
 from lottery_jax.engine.errors import ConfigError
@@ -125,7 +127,8 @@ def one_k(config, workdir: str, k: float) -> dict[str, Any]:
   retrain_fork = ({"start.workdir": shared_dir, "start.step": -1, "start.optimizer": False}
                   if k > 0 and config.siblings.retrain_from == "shared" else {})
   mask_dir = os.path.join(workdir, "masks")
-  os.makedirs(mask_dir, exist_ok=True)
+  if _lead():
+    epath.Path(mask_dir).mkdir(parents=True, exist_ok=True)
   by_sparsity, retrain = [], []
   for s in _sparsities(config):
     one_shot = sib.one_shot_masks(params, s, where)

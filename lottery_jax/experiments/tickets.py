@@ -195,7 +195,8 @@ def imp(config, workdir: str) -> dict:
   }
   summary["table"] = imp_table(summary)
   print(summary["table"])
-  io.write_json(os.path.join(workdir, "summary.json"), summary)
+  if io.is_lead():
+    io.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
@@ -290,7 +291,8 @@ def ticket_vs_finetune(config, workdir: str) -> dict:
              "wall_time_s": time.time() - start}
   summary["table"] = ticket_vs_finetune_table(summary)
   print(summary["table"])
-  io.write_json(os.path.join(workdir, "summary.json"), summary)
+  if io.is_lead():
+    io.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

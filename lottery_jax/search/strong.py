@@ -48,13 +48,13 @@ Choices, where the references differ or are silent:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+import safetensors.numpy
+from etils import epath
 
 from lottery_jax import masks as mask_algebra
 from lottery_jax import models
@@ -322,10 +322,10 @@ def write_ticket(workdir: str, export_dir: str | None = None) -> dict[str, Any]:
   """Writes `strong_ticket.json` and `strong_ticket.safetensors` into `export_dir`
   (default `workdir`) from the finished run's export there and the header in
   `<workdir>/summary.json`. Returns the sizes written."""
-  export_dir = export_dir or workdir
-  summary_path = os.path.join(workdir, "summary.json")
-  report = io.read_json(summary_path).get("strong_ticket") if os.path.exists(
-      summary_path) else None
+  export_dir = epath.Path(export_dir or workdir)
+  summary_path = epath.Path(workdir) / "summary.json"
+  report = io.read_json(summary_path).get("strong_ticket") if summary_path.exists() \
+      else None
   if not report:
     raise FileNotFoundError(
         f"{summary_path} has no 'strong_ticket' entry: write_ticket needs a finished run of "
@@ -342,13 +342,14 @@ def write_ticket(workdir: str, export_dir: str | None = None) -> dict[str, Any]:
                                                   mask_algebra.SEARCHABLE])
   for k, v in io.flatten_dict(io.plain(run["batch_stats"])).items():
     tensors[f"batch_stats/{k}"] = np.ascontiguousarray(v)
-  save_file(tensors, os.path.join(export_dir, TICKET_TENSORS))
-  io.write_json(os.path.join(export_dir, TICKET_JSON),
-                {**head, "bits": {k: report[k] for k in (
-                    "searchable_bits", "header_bits", "stored_bits", "dense_source_bits",
-                    "batch_stats_bits")}})
-  return {"searchable_bits": report["searchable_bits"],
-          "file_bytes": os.path.getsize(os.path.join(export_dir, TICKET_TENSORS))}
+  data = safetensors.numpy.save(tensors)
+  if io.is_lead():  # on a pod process 0 writes the files
+    io.write_bytes(export_dir / TICKET_TENSORS, data)
+    io.write_json(export_dir / TICKET_JSON,
+                  {**head, "bits": {k: report[k] for k in (
+                      "searchable_bits", "header_bits", "stored_bits", "dense_source_bits",
+                      "batch_stats_bits")}})
+  return {"searchable_bits": report["searchable_bits"], "file_bytes": len(data)}
 
 
 def _regenerate(head: dict):
@@ -385,8 +386,8 @@ def load_strong_ticket(workdir: str) -> dict[str, Any]:
     ValueError: the stored bits do not fit the regenerated partition (a header or
       file from another run), naming the leaf.
   """
-  path = os.path.join(workdir, TICKET_JSON)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / TICKET_JSON
+  if not path.exists():
     raise FileNotFoundError(
         f"{path} does not exist: run mask program {PROGRAM!r} with config.experiment="
         f"'strong_ticket', or call lottery_jax.search.strong.write_ticket(workdir) on the "
@@ -395,7 +396,7 @@ def load_strong_ticket(workdir: str) -> dict[str, Any]:
   if head.get("format") != FORMAT:
     raise ValueError(f"{path}: format {head.get('format')!r}, expected {FORMAT!r}")
   (model, params), partition, masked = _regenerate(head)
-  stored = load_file(os.path.join(workdir, TICKET_TENSORS))
+  stored = io.load_safetensors(epath.Path(workdir) / TICKET_TENSORS)
   masks = {}
   for name, codes in partition.items():
     if name not in masked:
