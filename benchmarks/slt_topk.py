@@ -35,6 +35,8 @@ are bandwidth-bound: 11M entries x 4 B x 32 passes is about 1.4 GB per step.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -56,6 +58,48 @@ import search_step  # noqa: E402  (registers the synthetic "_bench_synthetic" so
 # Random N(0, 1) 32x32x3 images, random labels (search_step's benchmark-only source).
 _SYNTHETIC = search_step._SYNTHETIC
 _SYNTHETIC.update(shape=(32, 32, 3), classes=10, examples=256)
+
+
+# The selection as it was before the tie-ranking cumulative sum became conditional
+# (commit 2e39df8 and earlier), kept here to time it beside the current one: the
+# same bisection, then a cumulative sum over every entry to rank the ties at the
+# threshold, and the partition's searchable set and-ed into every bisection pass.
+def _previous_keep_from_keys(keys, k, codes):
+  def smallest(keys, k, sel=None):
+    t = mask_algebra._kth_smallest_key(keys, k, sel)
+    below, equal = keys < t, keys == t
+    if sel is not None:
+      below, equal = below & sel, equal & sel
+    remaining = k - jnp.sum(below, dtype=jnp.int32)
+    tie_rank = jnp.cumsum(equal, dtype=jnp.int32)
+    return below | (equal & (tie_rank <= remaining))
+  if codes is None:
+    return ~smallest(keys, k)
+  frozen, search = codes == mask_algebra.PRUNED, codes == mask_algebra.SEARCHABLE
+  k_search = jnp.clip(k - jnp.sum(frozen, dtype=jnp.int32), 0,
+                      jnp.sum(search, dtype=jnp.int32))
+  return ~(frozen | smallest(keys, k_search, search))
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _previous_keep_flat(values, n, k, codes, kind):
+  x = jnp.abs(values) if kind == "magnitude" else values
+  return _previous_keep_from_keys(
+      mask_algebra._mask_padding(mask_algebra._order_keys(x), n), k, codes)
+
+
+@contextlib.contextmanager
+def previous_selection():
+  """While active, functions traced for the first time use the previous selection."""
+  current = mask_algebra._keep_flat
+  mask_algebra._keep_flat = _previous_keep_flat
+  try:
+    yield
+  finally:
+    mask_algebra._keep_flat = current
+
+
+VARIANTS = ("topk", "topk_previous", "fixed")
 
 
 def config(model: str, batch: int, rule: str):
@@ -113,8 +157,8 @@ def main(argv=None):
   _SYNTHETIC["examples"] = 2 * args.batch
   mesh = loop.make_mesh(jax.devices()[:1])
   with jax.transfer_guard("allow"):
-    runs = {rule: loop.build(config(args.model, args.batch, rule), mesh)
-            for rule in ("topk", "fixed")}
+    runs = {v: loop.build(config(args.model, args.batch, "fixed" if v == "fixed" else "topk"),
+                          mesh) for v in VARIANTS}
     batch = next(runs["topk"].data.train_iter())
   states = {k: r.state for k, r in runs.items()}
   n_masked = sum(int(np.size(c)) for c, f in zip(jax.tree.leaves(runs["topk"].layout.partition),
@@ -123,34 +167,52 @@ def main(argv=None):
   print(f"{args.model}, batch {args.batch}, {jax.devices()[0].platform}: "
         f"{n_masked:,} masked weights")
 
-  def step(rule):
+  def step(v):
     def go():
-      states[rule], metrics = runs[rule].train_step(states[rule], batch)
-      return states[rule], metrics
+      states[v], metrics = runs[v].train_step(states[v], batch)
+      return states[v], metrics
     return go
 
-  for rule in runs:  # compile and warm up
-    for _ in range(2):
-      jax.block_until_ready(step(rule)())
-  times = {rule: [] for rule in runs}
+  for v in runs:  # compile (the previous selection traced into its own step) and warm up
+    with previous_selection() if v == "topk_previous" else contextlib.nullcontext():
+      for _ in range(2):
+        jax.block_until_ready(step(v)())
+  # Same scores, same masks: the two selections agree after the warm-up steps.
+  for a, b in zip(jax.tree.leaves(states["topk"].masks),
+                  jax.tree.leaves(states["topk_previous"].masks)):
+    np.testing.assert_array_equal(a, b)
+  times = {v: [] for v in runs}
   for _ in range(args.repeats):
-    for rule in runs:
+    for v in runs:
       t0 = time.perf_counter()
-      jax.block_until_ready(step(rule)())
-      times[rule].append(time.perf_counter() - t0)
+      jax.block_until_ready(step(v)())
+      times[v].append(time.perf_counter() - t0)
   med = {k: statistics.median(v) for k, v in times.items()}
   st = states["topk"]
   alone = _rule_alone(runs["topk"])
+  alone_prev = _rule_alone(runs["topk_previous"])
   scores, masks, part = (jax.tree.map(jnp.copy, t) for t in (st.scores, st.masks,
                                                                st.partition))
-  rule_s = _median_s(lambda: alone(scores, masks, part), args.repeats)
-  print(f"step with top-k update: {med['topk'] * 1e3:.1f} ms; with fixed masks: "
-        f"{med['fixed'] * 1e3:.1f} ms; difference {100 * (med['topk'] - med['fixed']) / med['topk']:.1f}% "
-        f"of the step")
-  print(f"top-k rule alone (jitted, same scores): {rule_s * 1e3:.1f} ms = "
-        f"{100 * rule_s / med['topk']:.1f}% of the step")
+  rule_t = {"current": [], "previous": []}
+  for fn, name in ((alone, "current"), (alone_prev, "previous")):
+    with previous_selection() if name == "previous" else contextlib.nullcontext():
+      jax.block_until_ready(fn(scores, masks, part))
+  for _ in range(args.repeats):
+    for fn, name in ((alone, "current"), (alone_prev, "previous")):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(scores, masks, part))
+      rule_t[name].append(time.perf_counter() - t0)
+  rule_s = {k: statistics.median(v) for k, v in rule_t.items()}
+  for v in ("topk", "topk_previous"):
+    label = "current" if v == "topk" else "previous"
+    print(f"step with top-k update ({label} selection): {med[v] * 1e3:.1f} ms; with fixed "
+          f"masks: {med['fixed'] * 1e3:.1f} ms; difference "
+          f"{100 * (med[v] - med['fixed']) / med[v]:.1f}% of the step")
+    print(f"  top-k rule alone ({label}, jitted, same scores): {rule_s[label] * 1e3:.1f} ms "
+          f"= {100 * rule_s[label] / med[v]:.1f}% of that step")
 
-  print("top-k alone on one leaf of n entries (p = r = 0.25, 50% sparsity):")
+  print("top-k alone on one leaf of n entries (p = r = 0.25, 50% sparsity), current vs "
+        "previous selection (interleaved), and the bisection alone:")
   for k in (int(s) for s in args.sizes.split(",")):
     n = 2 ** k
     key = jax.random.PRNGKey(k)
@@ -158,9 +220,30 @@ def main(argv=None):
     codes = mask_algebra.freeze(key, leaf, 0.25, 0.25, where=lambda p, x: True)["w"]
     score = jax.random.normal(key, leaf["w"].shape)
     prune = mask_algebra.prune_count(0.5, n)
-    fn = jax.jit(lambda s, c: programs._topk_leaf(jnp.abs(s), prune, c))
-    t = _median_s(lambda: fn(score, codes), args.repeats)
-    print(f"  n = 2^{k:<2d} = {n:>10,}: {t * 1e3:9.2f} ms  ({t / n * 1e9:.2f} ns per entry)")
+    cur = jax.jit(lambda s, c: programs._topk_leaf(jnp.abs(s), prune, c))
+    prev = jax.jit(lambda s, c: programs._topk_leaf(jnp.abs(s), prune, c))
+    keys = jnp.where(codes.ravel() == mask_algebra.SEARCHABLE,
+                     mask_algebra._order_keys(jnp.abs(score)), jnp.uint32(0xFFFFFFFF))
+    k_search = jnp.int32(prune - int(jnp.sum(codes == mask_algebra.PRUNED)))
+    bis = jax.jit(lambda kk, ks: mask_algebra._kth_smallest_key(kk, ks, None))
+    with previous_selection():
+      m_prev = jax.block_until_ready(prev(score, codes))
+    np.testing.assert_array_equal(cur(score, codes), m_prev)
+    jax.block_until_ready(bis(keys, k_search))
+    t = {"current": [], "previous": [], "bisection": []}
+    for _ in range(args.repeats):
+      for name, fn in (("current", lambda: cur(score, codes)),
+                       ("previous", lambda: prev(score, codes)),
+                       ("bisection", lambda: bis(keys, k_search))):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        t[name].append(time.perf_counter() - t0)
+    m = {name: statistics.median(v) for name, v in t.items()}
+    print(f"  n = 2^{k:<2d} = {n:>10,}: current {m['current'] * 1e3:8.2f} ms "
+          f"({m['current'] / n * 1e9:5.1f} ns/entry)  previous {m['previous'] * 1e3:8.2f} ms "
+          f"({m['previous'] / n * 1e9:5.1f} ns/entry)  bisection alone "
+          f"{m['bisection'] * 1e3:8.2f} ms  previous/current "
+          f"{m['previous'] / m['current']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

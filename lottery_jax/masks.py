@@ -410,14 +410,28 @@ def _kth_smallest_key(keys: jax.Array, k, sel: jax.Array | None):
 def _smallest(keys: jax.Array, k, sel: jax.Array | None = None) -> jax.Array:
   """Flat bool: the k entries (among ``sel``) of smallest (key, flat index)."""
   t = _kth_smallest_key(keys, k, sel)
-  below = keys < t
-  equal = keys == t
-  if sel is not None:
-    below = below & sel
-    equal = equal & sel
-  remaining = k - jnp.sum(below, dtype=jnp.int32)
-  tie_rank = jnp.cumsum(equal, dtype=jnp.int32)  # 1-based among the ties
-  return below | (equal & (tie_rank <= remaining))
+
+  def within(x):
+    return x if sel is None else x & sel
+
+  # #{key < t} < k <= #{key <= t} by the choice of t: every entry below t goes, and
+  # `remaining` of the ties at t, the lowest flat indices first.
+  remaining = k - jnp.sum(within(keys < t), dtype=jnp.int32)
+  n_equal = jnp.sum(within(keys == t), dtype=jnp.int32)
+
+  def every_tie(keys, t, remaining):  # the usual case: no ranking among ties needed
+    return within(keys <= t)
+
+  def lowest_ties(keys, t, remaining):
+    equal = within(keys == t)
+    tie_rank = jnp.cumsum(equal, dtype=jnp.int32)  # 1-based among the ties
+    return within(keys < t) | (equal & (tie_rank <= remaining))
+
+  # The cumulative sum costs more than the whole bisection on a CPU (2^22 entries:
+  # ~2x, benchmarks/slt_topk.py), so it runs only when some ties at t must stay
+  # (never with distinct scores). Under vmap the cond becomes a select and both
+  # branches run, as before.
+  return jax.lax.cond(n_equal == remaining, every_tie, lowest_ties, keys, t, remaining)
 
 
 def _keep_from_keys(keys: jax.Array, k, codes: jax.Array | None) -> jax.Array:
@@ -432,7 +446,9 @@ def _keep_from_keys(keys: jax.Array, k, codes: jax.Array | None) -> jax.Array:
     # Clamped so the partition always holds (an infeasible traced target
     # yields the nearest feasible sparsity; concrete ones raise before this).
     k_search = jnp.clip(k - n_frozen, 0, n_search)
-    pruned = frozen | _smallest(keys, k_search, search)
+    # Entries outside the search get the key 2**32 - 1, above every real key (NaN
+    # included), so the selection never picks them and its passes read no codes.
+    pruned = frozen | _smallest(jnp.where(search, keys, jnp.uint32(_U32_MAX)), k_search)
   return ~pruned
 
 

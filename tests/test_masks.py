@@ -161,6 +161,42 @@ def test_topk_signed_ties_nan():
   np.testing.assert_array_equal(np.ravel(m), [0, 0, 0, 0, 1, 0, 0, 0])
 
 
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_ties_straddling_the_threshold(partitioned):
+  # Four distinct values, so at almost every count the k-th smallest ties with
+  # others and only some of the ties go (the tie-ranking branch of the selection);
+  # at the counts that end a group of ties, all of them go (the branch without
+  # ranking). Frozen entries share the searchable ones' values and must not be
+  # picked. Then distinct scores, and the same under vmap (where the cond is a
+  # select and both branches run).
+  rng = np.random.default_rng(0)
+  v = rng.integers(0, 4, size=(6, 50)).astype(np.float32)
+  n = v.size
+  codes = (np.asarray(M.freeze(jax.random.key(1), {"k": jnp.asarray(v)}, 0.2, 0.2,
+                               where=lambda p, x: True)["k"]) if partitioned else None)
+  part = None if codes is None else {"k": jnp.asarray(codes)}
+  lo = 0 if codes is None else int((codes == M.PRUNED).sum())
+  hi = n - 1 if codes is None else n - int((codes == M.LOCKED).sum())
+  group_ends = 0
+  for k in range(lo, hi + 1, 3):
+    m = M.topk({"k": jnp.asarray(v)}, k / n, partition=part)["k"]
+    expected = reference_keep(v, k, codes)
+    np.testing.assert_array_equal(m, expected, err_msg=f"k={k}")
+    pruned = ~expected if codes is None else ~expected & (codes == M.SEARCHABLE)
+    kept = expected if codes is None else expected & (codes == M.SEARCHABLE)
+    group_ends += bool(pruned.any() and kept.any()) and v[pruned].max() < v[kept].min()
+  assert group_ends  # both branches ran
+  d = rng.permutation(n).astype(np.float32).reshape(v.shape)
+  for k in (lo, (lo + hi) // 2, hi):
+    np.testing.assert_array_equal(
+        M.topk({"k": jnp.asarray(d)}, k / n, partition=part)["k"], reference_keep(d, k, codes))
+  k = (lo + hi) // 2
+  stacked = jnp.stack([jnp.asarray(v), jnp.asarray(d)])
+  out = jax.vmap(lambda s: M.topk({"k": s}, k / n, partition=part)["k"])(stacked)
+  for x, s in zip(out, (v, d)):
+    np.testing.assert_array_equal(x, reference_keep(s, k, codes))
+
+
 def test_non_selected_all_true_and_where():
   params = tree_params()
   m = M.magnitude(params, 0.5, where=M.prunable_except("classifier"))
