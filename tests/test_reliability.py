@@ -475,12 +475,11 @@ def _campaign(method, rng):
   step = lambda lo, hi: f"step:{rng.randint(lo, hi)}"  # noqa: E731
   return {
       # pretrain 14 steps (checkpoints every 4), then a 10-step search
-      "jackpot": [step(1, 3), "checkpoint:2", "export:1", "stage:1", step(1, 9),
-                  "checkpoint:1"],
-      # level_0 10 steps (rewind point at 3), level_1 from step 3
-      "imp": [step(4, 9), "checkpoint:1", "stage:1", step(1, 6), "export:1"],
-      # shared epoch (8 steps), 2 siblings to step 16, 3 retrained arms
-      "siblings": ["checkpoint:2", "stage:2", step(1, 7), "export:1"],
+      "jackpot": [step(1, 3), "checkpoint:2", "export:1", "stage:1"],
+      # level_0 10 steps (rewind point at 3), then level_1 from step 3
+      "imp": ["checkpoint:1", "stage:1", step(1, 6)],
+      # a shared epoch (8 steps), 2 siblings to step 16, 3 retrained arms
+      "siblings": ["checkpoint:2", "stage:2", "export:1"],
       # 14 steps, then the ticket written
       "strong": [step(1, 7), "checkpoint:2", "export:1"],
   }[method]
