@@ -268,3 +268,18 @@ def test_quickstart_main_job_meets_its_promise(tmp_path):
   assert jackpot >= dense - 0.02, s["table"]
   assert jackpot >= magnitude + 0.05, s["table"]
   assert "jackpot 97%" in out.stdout
+
+
+def test_eval_batch_size_zero_means_the_train_batch_and_negative_is_refused():
+  """The data pipeline documents `eval_batch_size=0` as "the train batch size";
+  validation must accept it (TFDS sources default to it) and refuse < 0."""
+  from lottery_jax import data  # pylint: disable=import-outside-toplevel
+  from lottery_jax.engine import config as config_lib  # pylint: disable=import-outside-toplevel
+  from lottery_jax.engine.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  c = config_lib.base_config()
+  c.data = data.default_config("cifar10")
+  c.data.eval_batch_size = 0
+  config_lib.validate(c)
+  c.data.eval_batch_size = -1
+  with pytest.raises(ConfigError, match="data.eval_batch_size"):
+    config_lib.validate(c)

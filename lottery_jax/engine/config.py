@@ -215,10 +215,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
        opt.get("decay_factor"), "a number > 0")
   need(all(isinstance(m, (int, float)) and m >= 0 for m in opt.get("milestones", ())),
        "optimizer.milestones", opt.get("milestones"), "a tuple of epochs >= 0")
-  for field in ("batch_size", "eval_batch_size"):
-    if field in c.data:
-      need(isinstance(c.data[field], int) and c.data[field] >= 1, f"data.{field}",
-           c.data[field], "an int >= 1")
+  if "batch_size" in c.data:
+    need(isinstance(c.data.batch_size, int) and c.data.batch_size >= 1, "data.batch_size",
+         c.data.batch_size, "an int >= 1")
+  if "eval_batch_size" in c.data:
+    need(isinstance(c.data.eval_batch_size, int) and c.data.eval_batch_size >= 0,
+         "data.eval_batch_size", c.data.eval_batch_size,
+         "an int >= 1, or 0 for the train batch size")
   need(isinstance(c.mask.program, str) and c.mask.program, "mask.program", c.mask.program,
        "the name of a registered mask program")
   need(isinstance(c.sparsity, (int, float)) and 0.0 <= c.sparsity < 1.0, "sparsity",
