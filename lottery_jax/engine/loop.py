@@ -18,6 +18,7 @@ Order of business, so that a bad input never touches the workdir:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -203,6 +204,15 @@ def stage_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   return init_key, mask_key, state_key
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_variables(model, input_shape: tuple[int, ...], key: jax.Array):
+  """The model's initial variables. Jitted once per (model, input shape) and process:
+  Flax modules compare and hash by their fields, so every stage of an experiment with
+  the same model reuses one compilation (a fresh `jax.jit(lambda ...)` per stage
+  recompiled the whole random initialisation each time: benchmarks/imp_bookkeeping.py)."""
+  return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
   """Everything static about a stage, plus its initial state (no I/O to the workdir)."""
   config_lib.validate(config)
@@ -226,9 +236,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     log.info("model %s registered for input %s, data gives %s", spec.name,
              spec.input_shape, data.info.input_shape)
   init_key, mask_key, state_key = stage_keys(config.seed)
-  dummy = jnp.zeros((1, *data.info.input_shape), jnp.float32)
   with jax.transfer_guard("allow"):
-    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
+    variables = _init_variables(model, tuple(data.info.input_shape), init_key)
   variables = {"params": variables["params"],
                "batch_stats": variables.get("batch_stats", {})}
   if config.pretrained:
