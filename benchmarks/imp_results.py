@@ -23,8 +23,9 @@ or `mnist1d` (MNIST-1D generated offline, 1,000 test sequences: 0.1 points); see
 
 `collect` writes benchmarks/figures/imp_accuracy_vs_sparsity.png,
 imp_ticket_vs_finetune.png and imp_correlation_vs_lr.png, and prints the tables and
-the per-claim verdicts RESULTS.md quotes. A verdict compares seed means with the seed
-spread: "holds" when the difference exceeds two standard errors of the difference.
+the per-claim verdicts RESULTS.md quotes. A verdict is a two-sided paired t-test at 5%
+over the seeds ("higher" / "lower" / "within noise"); with 3 seeds a difference must
+exceed 4.3 standard errors of the mean paired difference.
 """
 
 from __future__ import annotations
@@ -100,19 +101,30 @@ def _pm(xs, scale=100.0, digits=2) -> str:
 
 
 def verdict(a, b) -> tuple[str, float, float]:
-  """Whether mean(a) > mean(b) beyond two standard errors of the paired difference
-  (seeds pair the runs: same seed, same data order)."""
+  """Whether mean(a) differs from mean(b): a two-sided paired t-test at 5% over the
+  seeds (a seed pairs two runs: same initialisation and data order). Returns the
+  word, the mean difference and its standard error."""
+  from scipy import stats
   d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   if d.size < 2:
     return "one seed: no verdict", float(d.mean()) if d.size else float("nan"), float("nan")
   se = d.std(ddof=1) / np.sqrt(d.size)
-  if d.mean() > 2 * se:
+  crit = float(stats.t.ppf(0.975, d.size - 1))
+  if se == 0.0:
+    # Equal differences on every seed (accuracies are counts of test images): the
+    # t-test has no spread to go on.
+    word = "no spread: no verdict" if d.mean() else "within noise"
+  elif d.mean() > crit * se:
     word = "higher"
-  elif d.mean() < -2 * se:
+  elif d.mean() < -crit * se:
     word = "lower"
   else:
     word = "within noise"
   return word, float(d.mean()), float(se)
+
+
+def _diff(v) -> str:
+  return "-" if v[0] == "-" else f"{100 * v[1]:+.2f} ({v[0]})"
 
 
 def collect(root: str) -> str:
@@ -150,7 +162,7 @@ def collect(root: str) -> str:
       vr = verdict(t, ri) if None not in ri else ("-", np.nan, np.nan)
       vp = verdict(t, rp) if None not in rp else ("-", np.nan, np.nan)
       lines.append(f"| {lv} | {100 * (1 - sp):.2f}% | {_pm(t)} | {_pm(ri)} | {_pm(rp)} | "
-                   f"{100 * vr[1]:+.2f} ({vr[0]}) | {100 * vp[1]:+.2f} ({vp[0]}) |")
+                   f"{_diff(vr)} | {_diff(vp)} |")
     lines.append("")
     for (label, st), style in zip(arms.items(), ("o-", "s--", "^:")):
       pts = [(x, s) for x, s in zip(left, st) if s is not None]
