@@ -246,11 +246,14 @@ def collect(root: str) -> str:
   fig, axs = plt.subplots(1, 3, figsize=(15, 4))
 
   # ---- MNIST-1D.
-  settings = [(f"(p, r) = ({p:g}, {r:g})", _pr(p, r)) for p, r in M1D_GRID + M1D_EXTRA]
-  settings.sort(key=lambda kv: kv[1])
-  narrow = [(f"dense source, widths {'-'.join(map(str, w))}", _w(w))
-            for _, w in sorted(M1D_NARROW.items())]
-  tl, pts = _table(S, "m1d", settings + narrow, M1D_SEEDS, "MNIST-1D, 50% sparse")
+  # Grouped by the frozen fraction f = p + r: (0, 0), then per f the randomly pruned
+  # source, half/half, lock-only and the narrower dense source with the same bits.
+  settings = [("(p, r) = (0, 0)", _pr(0, 0))]
+  for f, w in sorted(M1D_NARROW.items()):
+    settings += [(f"(p, r) = ({p:g}, {r:g})", _pr(p, r))
+                 for p, r in ((f, 0.0), (f / 2, f / 2), (0.0, f))]
+    settings.append((f"dense source, widths {'-'.join(map(str, w))}", _w(w)))
+  tl, pts = _table(S, "m1d", settings, M1D_SEEDS, "MNIST-1D, 50% sparse")
   n_seeds = max([len([a for a in accs if a is not None]) for _, _, accs in pts] or [0])
   lines += [f"#### MNIST-1D: strong tickets at 50% sparsity ({M1D_EPOCHS} epochs, seeds "
             f"{', '.join(map(str, M1D_SEEDS[:n_seeds]))}; mean ± std)", ""] + tl + [""]

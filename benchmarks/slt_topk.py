@@ -60,13 +60,27 @@ _SYNTHETIC = search_step._SYNTHETIC
 _SYNTHETIC.update(shape=(32, 32, 3), classes=10, examples=256)
 
 
-# The selection as it was before the tie-ranking cumulative sum became conditional
-# (commit 2e39df8 and earlier), kept here to time it beside the current one: the
-# same bisection, then a cumulative sum over every entry to rank the ties at the
-# threshold, and the partition's searchable set and-ed into every bisection pass.
+# The selection as it was up to commit 2e39df8, kept here to time it beside the
+# current one: 32 bisection passes always, the partition's searchable set and-ed
+# into every pass, then a cumulative sum over every entry to rank the ties at the
+# threshold. The current one folds the partition into the keys, stops the bisection
+# at a threshold with exactly k keys at or below it, and runs the cumulative sum
+# only when some ties at the threshold must stay (masks._smallest).
 def _previous_keep_from_keys(keys, k, codes):
+  def kth_smallest_key(keys, k, sel):
+    def body(_, carry):
+      lo, hi = carry
+      mid = lo + (hi - lo) // 2
+      le = keys <= mid
+      if sel is not None:
+        le = le & sel
+      ok = jnp.sum(le, dtype=jnp.int32) >= k
+      return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+    return lo
+
   def smallest(keys, k, sel=None):
-    t = mask_algebra._kth_smallest_key(keys, k, sel)
+    t = kth_smallest_key(keys, k, sel)
     below, equal = keys < t, keys == t
     if sel is not None:
       below, equal = below & sel, equal & sel
