@@ -17,19 +17,20 @@ batch 128. The zoo's ResNet-18 has the ImageNet stem (32x32 inputs are 8x8 by th
 first stage), so its step is cheaper than a CIFAR-stem ResNet-18's and the update's
 share here is an upper bound for the latter.
 
-Measured (2026-12-02, 2-core CPU shared with other jobs, load ~7, one XLA:CPU device,
-`python benchmarks/slt_topk.py`; 11,172,032 masked weights):
+Since commit 389212b/3089ba4 the selection (masks._smallest) folds the partition
+into the keys, stops the bisection at a threshold with exactly k keys at or below
+it, and ranks ties with a cumulative sum only when some ties at the threshold must
+stay; the previous selection is kept below and timed beside it (the step with it,
+the rule alone, each leaf size; the masks are checked equal). BENCHMARKS.md
+("Strong tickets: the top-k mask update") holds the numbers.
 
-  step with top-k update: 2207.8 ms; with fixed masks: 1704.6 ms; difference 22.8%
-  top-k rule alone (jitted, same scores): 357.3 ms = 16.2% of the step
-  top-k alone on one leaf:  2^14: 0.30 ms  2^16: 1.92 ms  2^18: 6.02 ms
-                            2^20: 35.9 ms  2^22: 195.7 ms  (18 -> 47 ns per entry)
-
-So on this CPU the goal (5%) is missed by 3-4x. The cost grows linearly in the
-number of weights (the selection is a 32-step bisection on uint32 keys, 32 passes
-over every leaf, `masks._keep_from_keys`), a little faster than linearly past the
-caches. Not measured on an accelerator (none lent to this task), where those passes
-are bandwidth-bound: 11M entries x 4 B x 32 passes is about 1.4 GB per step.
+Measured (2026-12-02 21:20 UTC, 2-core CPU at load ~17 from other jobs, one XLA:CPU
+device, `python benchmarks/slt_topk.py --repeats 9`; 11,172,032 masked weights):
+the rule alone 612 ms (current) vs 740 ms (previous) against a 5.9 s step: 10.4%
+and 11.2% of it; one leaf 1.65-2.9x faster (2^14 to 2^22 entries, 9 to 24 ns per
+entry now). The steps' own difference (top-k minus fixed masks) was below the
+noise of this load (-0.7% current, +10.7% previous). The 5% goal is not met on
+this CPU. Not measured on an accelerator (none lent to this task).
 """
 
 from __future__ import annotations
