@@ -39,7 +39,7 @@ log = logging.getLogger("lottery_jax")
 
 LOCK_FILE = "lock.json"
 HEARTBEAT_S = 30.0
-STALE_AFTER_S = 300.0
+STALE_AFTER_S = 120.0  # four missed heartbeats: a preempted pod restarts in minutes
 
 
 def _process_started(pid: int) -> float | None:
