@@ -15,6 +15,11 @@ the dense source (`--config.freeze.prune_fraction=0 --config.freeze.lock_fractio
 75,400 bits) 78.5%; the randomly pruned source (`--config.freeze.lock_fraction=0`,
 p = 0.25: 56,704 bits) 72.7%.
 
+At 50 epochs (`--config.num_epochs=50`), seeds 0-2 (benchmarks/slt_results.py, RESULTS.md
+"Strong lottery tickets"): 71.1 +- 1.2% at p = r = 0.1, 68.4 +- 0.4% at p = r = 0.2,
+against 70.6 +- 2.6% / 63.9 +- 2.6% for the randomly pruned sources (0.2, 0) / (0.4, 0)
+and 75.6 +- 2.2% for the dense source.
+
 The ticket is in <workdir>/strong_ticket.{json,safetensors}
 (`lottery_jax.search.load_strong_ticket`); summary.json has `stored_bits`,
 `dense_source_bits` and `strong_ticket.partition` (fractions searchable / pruned /
