@@ -34,8 +34,8 @@ ticket's header; BatchNorm running statistics, which every ticket of a model sto
 alike, are left out). Search-space size: the number of searchable weights.
 
 Verdicts compare paired seeds (same seed: same data order; the weights and partition
-differ between (p, r) settings): "higher"/"lower" when the mean paired difference
-exceeds two standard errors of the difference, else "within noise".
+differ between (p, r) settings): a two-sided paired t-test at 5% (imp_results.verdict:
+with 3 seeds the mean difference must exceed 4.3 standard errors), else "within noise".
 
 * "freezing gives better accuracy per stored bit": a frozen ticket at f against the
   dense-source ticket of the narrower network with the same stored bits (equal bits);
@@ -62,6 +62,8 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import imp_results  # noqa: E402  (the shared verdict)
 REPO = os.path.dirname(HERE)
 FIG = os.path.join(HERE, "figures")
 STORE = os.path.join(HERE, "results", "slt")
@@ -176,20 +178,13 @@ def _pm(xs, scale=100.0, digits=1) -> str:
 
 
 def verdict(a, b) -> tuple[str, float, float, int]:
-  """Whether mean(a) > mean(b) beyond two standard errors of the paired difference."""
+  """imp_results.verdict (a two-sided paired t-test at 5% over the seeds) on the seeds
+  both arms have, plus their count."""
   pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-  d = np.asarray([x - y for x, y in pairs], np.float64)
-  if d.size < 2:
-    return ("one seed: no verdict" if d.size else "no runs",
-            float(d.mean()) if d.size else float("nan"), float("nan"), int(d.size))
-  se = d.std(ddof=1) / np.sqrt(d.size)
-  if d.mean() > 2 * se:
-    word = "higher"
-  elif d.mean() < -2 * se:
-    word = "lower"
-  else:
-    word = "within noise"
-  return word, float(d.mean()), float(se), int(d.size)
+  if not pairs:
+    return "no runs", float("nan"), float("nan"), 0
+  word, mean, se = imp_results.verdict([x for x, _ in pairs], [y for _, y in pairs])
+  return word, mean, se, len(pairs)
 
 
 def _v(a, b) -> str:
