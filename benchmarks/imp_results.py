@@ -4,6 +4,9 @@
   python benchmarks/imp_results.py run [NAME ...]    # run them (resumable: finished
                                                      # stages are skipped)
   python benchmarks/imp_results.py collect           # markdown tables + figures
+  python benchmarks/imp_results.py store             # copy finished summaries into
+                                                     # benchmarks/results/imp/ (committed;
+                                                     # `collect` falls back to them)
 
 Runs (workdirs under `--root`, default runs/imp_results):
 
@@ -34,6 +37,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +46,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 FIG = os.path.join(HERE, "figures")
+# Finished runs' summary.json files, committed so `collect` works without the runs.
+STORE = os.path.join(HERE, "results", "imp")
 SEEDS = (0, 1, 2)
 DATA = ("digits", "mnist1d")
 RATES = (0.01, 0.03, 0.1, 0.3)
@@ -65,21 +71,30 @@ def command(name: str, root: str) -> list[str]:
           + [f"--workdir={os.path.join(root, name)}"])
 
 
+def store(root: str, name: str) -> None:
+  """Copies a finished run's summary.json into STORE (small; committed)."""
+  src = os.path.join(REPO, root, name, "summary.json")
+  if os.path.exists(src):
+    os.makedirs(os.path.join(STORE, name), exist_ok=True)
+    shutil.copyfile(src, os.path.join(STORE, name, "summary.json"))
+
+
 def run(names, root: str) -> None:
   for name in names:
-    if os.path.exists(os.path.join(REPO, root, name, "summary.json")):
-      print(f"{name}: done already")
-      continue
-    print("+", shlex.join(command(name, root)), flush=True)
-    subprocess.run(command(name, root), cwd=REPO, check=True)
+    if not os.path.exists(os.path.join(REPO, root, name, "summary.json")):
+      print("+", shlex.join(command(name, root)), flush=True)
+      subprocess.run(command(name, root), cwd=REPO, check=True)
+    store(root, name)
 
 
 def _load(root, name):
-  path = os.path.join(root, name, "summary.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """The run's summary from `root`, else from STORE."""
+  for base in (root, STORE):
+    path = os.path.join(base, name, "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+  return None
 
 
 def _stats(xs):
@@ -249,7 +264,7 @@ def collect(root: str) -> str:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("action", choices=["commands", "run", "collect"])
+  ap.add_argument("action", choices=["commands", "run", "collect", "store"])
   ap.add_argument("names", nargs="*")
   ap.add_argument("--root", default=os.path.join("runs", "imp_results"),
                   help="relative paths are relative to the repository root")
@@ -259,6 +274,9 @@ def main() -> None:
       print(shlex.join(["python"] + command(name, args.root)[1:]))
   elif args.action == "run":
     run(args.names or list(runs()), args.root)
+  elif args.action == "store":
+    for name in args.names or list(runs()):
+      store(args.root, name)
   else:
     print(collect(args.root))
 
