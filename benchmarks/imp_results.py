@@ -150,9 +150,13 @@ def collect(root: str) -> str:
   S = {n: _load(os.path.join(REPO, root), n) for n in runs()}
   lines: list[str] = []
 
+  # Only data sets with finished runs get a panel.
+  imp_ds = [ds for ds in DATA if any(S[f"imp_{ds}_s{s}"] for s in SEEDS)] or [DATA[0]]
+  tvf_ds = [ds for ds in DATA if any(S[f"tvf_{ds}_s{s}"] for s in SEEDS)] or [DATA[0]]
+
   # ---- IMP: accuracy against sparsity, ticket / re-init / random pruning.
-  fig, axs = plt.subplots(1, len(DATA), figsize=(5 * len(DATA), 3.8))
-  for ax, ds in zip(np.atleast_1d(axs), DATA):
+  fig, axs = plt.subplots(1, len(imp_ds), figsize=(5 * len(imp_ds), 3.8), squeeze=False)
+  for ax, ds in zip(axs[0], imp_ds):
     summaries = [S[f"imp_{ds}_s{s}"] for s in SEEDS if S[f"imp_{ds}_s{s}"]]
     if not summaries:
       continue
@@ -199,9 +203,9 @@ def collect(root: str) -> str:
   plt.close(fig)
 
   # ---- Ticket vs re-init vs prune & fine-tune at an equal budget; correlation vs eta.
-  fig, axs = plt.subplots(1, len(DATA), figsize=(5 * len(DATA), 3.8))
+  fig, axs = plt.subplots(1, len(tvf_ds), figsize=(5 * len(tvf_ds), 3.8), squeeze=False)
   fig2, ax2 = plt.subplots(figsize=(5, 3.6))
-  for ax, ds in zip(np.atleast_1d(axs), DATA):
+  for ax, ds in zip(axs[0], tvf_ds):
     summaries = [S[f"tvf_{ds}_s{s}"] for s in SEEDS if S[f"tvf_{ds}_s{s}"]]
     if not summaries:
       continue
