@@ -159,22 +159,11 @@ def _store(root, name) -> None:
       shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
 
 
-def _stats(xs):
-  a = np.asarray([x for x in xs if x is not None], np.float64)
-  if a.size == 0:
-    return None
-  return a.mean(), (a.std(ddof=1) if a.size > 1 else float("nan")), a.size
+_stats = imp_results._stats   # mean, std (ddof 1), n of the non-missing values
 
 
 def _pm(xs, scale=100.0, digits=1) -> str:
-  s = _stats(xs)
-  if s is None:
-    return "-"
-  m, sd, n = s
-  txt = f"{scale * m:.{digits}f}"
-  if n > 1:
-    txt += f" ± {scale * sd:.{digits}f}"
-  return txt + f" (n={n})"
+  return imp_results._pm(xs, scale, digits)
 
 
 def verdict(a, b) -> tuple[str, float, float, int]:
