@@ -22,20 +22,18 @@ of the train split (1000 per class = 10k images) and of the test split
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import zipfile
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std)
+from _evidence import REPO, FIG  # noqa: E402
+
 CKPT = os.path.join("benchmarks", "checkpoints", "resnet20_cifar10")
-FIG = os.path.join(HERE, "figures")
 
 
 def make_subset(src: str, dst: str, train_per_class: int, test_per_class: int,
@@ -221,18 +219,11 @@ FULL_ORDER = (
 
 
 def command(name: str, root: str, **kw) -> list[str]:
-  return ([sys.executable, "-m", "lottery_jax.main"] + runs(**kw)[name]
-          + [f"--workdir={os.path.join(root, name)}"])
+  return ev.command(runs(**kw)[name], root, name)
 
 
 def run(names: list[str], root: str, **kw) -> None:
-  for name in names:
-    if os.path.exists(os.path.join(root, name, "summary.json")):
-      print(f"{name}: done already")
-      continue
-    cmd = command(name, root, **kw)
-    print("+", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+  ev.run(names, root, lambda name, root: command(name, root, **kw))
 
 
 def export(root: str) -> None:
@@ -271,11 +262,9 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def load(root: str, name: str) -> dict | None:
-  path = os.path.join(root, name, "summary.json")
-  if not os.path.exists(path):
+  s = ev.load(name, root)
+  if s is None:
     return None
-  with open(path) as f:
-    s = json.load(f)
   s["tb"] = read_scalars(os.path.join(root, name, "tensorboard"))
   return s
 
@@ -292,10 +281,7 @@ def pct(x) -> str:
 
 
 def collect(root: str) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  os.makedirs(FIG, exist_ok=True)
+  plt = ev.pyplot()
   S = {n: load(root, n) for n in runs()}
   lines = []
   p = S["pretrain_resnet20"]
@@ -435,20 +421,6 @@ def collect(root: str) -> str:
 
 
 # ------------------------------------------------------------ full-data collection
-def _mean_std(xs):
-  xs = [x for x in xs if x is not None]
-  if not xs:
-    return None, None, 0
-  a = np.asarray(xs, np.float64)
-  return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else None, a.size
-
-
-def _pm(mean, std, n) -> str:
-  if mean is None:
-    return "-"
-  return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
-
-
 def _iou(a, b) -> float:
   """IoU of the kept entries of two mask trees over their common masked leaves."""
   import jax
@@ -469,10 +441,7 @@ def steps_to_reach(curve, target):
 
 def collect_full(root: str, dense: float | None) -> str:
   """Tables and figures of the full-data experiment (issue 12) from what has finished."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  os.makedirs(FIG, exist_ok=True)
+  plt = ev.pyplot()
   S = {n: load(root, n) for n in full_runs()}
   acc = lambda n: S[n]["final_eval"]["accuracy"] if S.get(n) else None  # noqa: E731
   lines = ["### Full data: jackpots against the controls (10 search epochs, full 10k test)",
@@ -483,21 +452,22 @@ def collect_full(root: str, dense: float | None) -> str:
            "(lr 0.01, wd 0) | magnitude + fine-tune (lr 0.1, wd 5e-4) | jackpot - dense |",
            "|---|---|---|---|---|---|---|---|---|"]
   for sp in (90, 95):
-    jack = _mean_std([acc(f"full/jackpot{sp}_s{s}") for s in FULL_SEEDS])
-    ft = _mean_std([acc(f"full/finetune{sp}_s{s}") for s in FULL_SEEDS])
+    jack = [acc(f"full/jackpot{sp}_s{s}") for s in FULL_SEEDS]
+    ft = [acc(f"full/finetune{sp}_s{s}") for s in FULL_SEEDS]
     first = next((S[n] for n in (f"full/jackpot{sp}_s0", f"full/finetune{sp}_s0")
                   if S.get(n)), None)
     mag = first["initial_eval"]["accuracy"] if first else None
     t = S.get(f"full/jackpot{sp}_T_s0")
     plus_t = t["finetune"]["final_eval"]["accuracy"] if t and "finetune" in t else None
     if t is None:
-      tpath = os.path.join(root, f"full/jackpot{sp}_T_s0", "finetune", "summary.json")
-      if os.path.exists(tpath):
-        with open(tpath) as f:
-          plus_t = json.load(f)["final_eval"]["accuracy"]
-    gap = "-" if jack[0] is None or dense is None else f"{100 * (jack[0] - dense):+.2f}"
+      tft = ev.load("finetune", os.path.join(root, f"full/jackpot{sp}_T_s0"))
+      if tft is not None:
+        plus_t = tft["final_eval"]["accuracy"]
+    jack_stats = ev.stats(jack)
+    gap = ("-" if jack_stats is None or dense is None
+           else f"{100 * (jack_stats[0] - dense):+.2f}")
     lines.append(f"| {sp}% | {pct(dense)} | {pct(mag)} | {pct(acc(f'full/bnrecal{sp}_s0'))} | "
-                 f"{_pm(*jack)} | {pct(plus_t)} | {_pm(*ft)} | "
+                 f"{ev.pm(jack)} | {pct(plus_t)} | {ev.pm(ft)} | "
                  f"{pct(acc(f'full/finetune{sp}_lr0.1_s0'))} | {gap} |")
   lines.append("")
 
@@ -530,9 +500,10 @@ def collect_full(root: str, dense: float | None) -> str:
                      ("bnrecal", "magnitude + BN re-estimation")):
     xs, ms, es = [], [], []
     for sp in (90, 95):
-      m, sd, n = _mean_std([acc(f"full/{arm}{sp}_s{s}") for s in FULL_SEEDS])
-      if m is not None:
-        xs.append(sp); ms.append(100 * m); es.append(100 * (sd or 0.0))
+      st = ev.stats([acc(f"full/{arm}{sp}_s{s}") for s in FULL_SEEDS])
+      if st is not None:
+        m, sd, n = st
+        xs.append(sp); ms.append(100 * m); es.append(100 * sd if n > 1 else 0.0)
     if xs:
       ax.errorbar(xs, ms, yerr=es, fmt="o-", capsize=3, label=label)
   if dense is not None:
@@ -555,9 +526,9 @@ def collect_full(root: str, dense: float | None) -> str:
       reach = steps_to_reach(eval_curve(S[name]), target) if target else None
       lines.append(f"| {name} | {pct(acc(name))} | "
                    f"{'-' if target is None else (reach if reach is not None else 'not reached')} |")
-  jm = _mean_std([acc(f"full/jackpot90_s{s}") for s in FULL_SEEDS])
-  rm = _mean_std([acc(f"full/random90_s{s}") for s in FULL_SEEDS])
-  lines += ["", f"Equal budget (10 epochs): magnitude init {_pm(*jm)}, random init {_pm(*rm)}.",
+  jm = ev.pm([acc(f"full/jackpot90_s{s}") for s in FULL_SEEDS])
+  rm = ev.pm([acc(f"full/random90_s{s}") for s in FULL_SEEDS])
+  lines += ["", f"Equal budget (10 epochs): magnitude init {jm}, random init {rm}.",
             f"Target (95% of the 30-epoch random-init accuracy): {pct(target)}.", ""]
 
   # The independent overlap test.
@@ -621,9 +592,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(a.sub_zip) or ".", exist_ok=True)
     make_subset(a.zip, a.sub_zip, train_per_class=1000, test_per_class=500)
   elif a.what == "commands":
-    for name in a.names or runs():
-      print(shlex.join(["python", "-m", "lottery_jax.main"] + runs(**kw)[name]
-                       + [f"--workdir={os.path.join(a.root, name)}"]))
+    ev.print_commands(a.names or runs(), a.root, lambda name, root: command(name, root, **kw))
   elif a.what == "run":
     names = []
     for n in a.names or list(runs()):
@@ -632,12 +601,8 @@ def main() -> None:
   elif a.what == "export":
     export(a.root)
   elif a.what == "collect_full":
-    path = os.path.join(FULL_CKPT, "summary.json")
-    dense = None
-    if os.path.exists(path):
-      with open(path) as f:
-        dense = json.load(f)["final_eval"]["accuracy"]
-    collect_full(a.root, dense)
+    pretrained = ev.load(os.path.basename(FULL_CKPT), os.path.dirname(FULL_CKPT))
+    collect_full(a.root, None if pretrained is None else pretrained["final_eval"]["accuracy"])
   else:
     collect(a.root)
 

@@ -34,18 +34,14 @@ exceed 4.3 standard errors of the mean paired difference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-FIG = os.path.join(HERE, "figures")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std, verdicts)
+from _evidence import REPO, HERE, FIG  # noqa: E402
 # Finished runs' summary.json files, committed so `collect` works without the runs.
 STORE = os.path.join(HERE, "results", "imp")
 SEEDS = (0, 1, 2)
@@ -67,75 +63,21 @@ def runs() -> dict[str, list[str]]:
 
 
 def command(name: str, root: str) -> list[str]:
-  return ([sys.executable, "-m", "lottery_jax.main"] + runs()[name]
-          + [f"--workdir={os.path.join(root, name)}"])
+  return ev.command(runs()[name], root, name)
 
 
 def store(root: str, name: str) -> None:
   """Copies a finished run's summary.json into STORE (small; committed)."""
-  src = os.path.join(REPO, root, name, "summary.json")
-  if os.path.exists(src):
-    os.makedirs(os.path.join(STORE, name), exist_ok=True)
-    shutil.copyfile(src, os.path.join(STORE, name, "summary.json"))
+  ev.store(root, name, STORE)
 
 
 def run(names, root: str) -> None:
-  for name in names:
-    if not os.path.exists(os.path.join(REPO, root, name, "summary.json")):
-      print("+", shlex.join(command(name, root)), flush=True)
-      subprocess.run(command(name, root), cwd=REPO, check=True)
-    store(root, name)
+  ev.run(names, root, command, say_done=False, after=store)
 
 
 def _load(root, name):
   """The run's summary from `root`, else from STORE."""
-  for base in (root, STORE):
-    path = os.path.join(base, name, "summary.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
-  return None
-
-
-def _stats(xs):
-  a = np.asarray([x for x in xs if x is not None], np.float64)
-  if a.size == 0:
-    return None
-  return a.mean(), (a.std(ddof=1) if a.size > 1 else float("nan")), a.size
-
-
-def _pm(xs, scale=100.0, digits=2) -> str:
-  s = _stats(xs)
-  if s is None:
-    return "-"
-  m, sd, n = s
-  txt = f"{scale * m:.{digits}f}"
-  if n > 1:
-    txt += f" ± {scale * sd:.{digits}f}"
-  return txt + f" (n={n})"
-
-
-def verdict(a, b) -> tuple[str, float, float]:
-  """Whether mean(a) differs from mean(b): a two-sided paired t-test at 5% over the
-  seeds (a seed pairs two runs: same initialisation and data order). Returns the
-  word, the mean difference and its standard error."""
-  from scipy import stats
-  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-  if d.size < 2:
-    return "one seed: no verdict", float(d.mean()) if d.size else float("nan"), float("nan")
-  se = d.std(ddof=1) / np.sqrt(d.size)
-  crit = float(stats.t.ppf(0.975, d.size - 1))
-  if se == 0.0:
-    # Equal differences on every seed (accuracies are counts of test images): the
-    # t-test has no spread to go on.
-    word = "no spread: no verdict" if d.mean() else "within noise"
-  elif d.mean() > crit * se:
-    word = "higher"
-  elif d.mean() < -crit * se:
-    word = "lower"
-  else:
-    word = "within noise"
-  return word, float(d.mean()), float(se)
+  return ev.load(name, root, STORE)
 
 
 def _diff(v) -> str:
@@ -143,10 +85,7 @@ def _diff(v) -> str:
 
 
 def collect(root: str) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  os.makedirs(FIG, exist_ok=True)
+  plt = ev.pyplot()
   S = {n: _load(os.path.join(REPO, root), n) for n in runs()}
   lines: list[str] = []
 
@@ -177,10 +116,10 @@ def collect(root: str) -> str:
                     for s in summaries])
       left.append(100 * (1 - sp))
       for k, v in zip(arms, (t, ri, rp)):
-        arms[k].append(_stats(v))
-      vr = verdict(t, ri) if None not in ri else ("-", np.nan, np.nan)
-      vp = verdict(t, rp) if None not in rp else ("-", np.nan, np.nan)
-      lines.append(f"| {lv} | {100 * (1 - sp):.2f}% | {_pm(t)} | {_pm(ri)} | {_pm(rp)} | "
+        arms[k].append(ev.stats(v))
+      vr = ev.verdict(t, ri) if None not in ri else ("-", np.nan, np.nan)
+      vp = ev.verdict(t, rp) if None not in rp else ("-", np.nan, np.nan)
+      lines.append(f"| {lv} | {100 * (1 - sp):.2f}% | {ev.pm(t)} | {ev.pm(ri)} | {ev.pm(rp)} | "
                    f"{_diff(vr)} | {_diff(vp)} |")
     lines.append("")
     for (label, st), style in zip(arms.items(), ("o-", "s--", "^:")):
@@ -224,17 +163,17 @@ def collect(root: str) -> str:
               for s in summaries]
       vals = {k: [r[k] for r in rows] for k in series}
       for k in series:
-        series[k].append(_stats(vals[k]))
+        series[k].append(ev.stats(vals[k]))
       ca = [r["correlation"]["all"] for r in rows]
       ck = [r["correlation"]["kept"] for r in rows]
-      corr_all.append(_stats(ca))
-      corr_kept.append(_stats(ck))
-      v1 = verdict(vals["ticket"], vals["reinit"])
-      v2 = verdict(vals["finetune"], vals["ticket"])
+      corr_all.append(ev.stats(ca))
+      corr_kept.append(ev.stats(ck))
+      v1 = ev.verdict(vals["ticket"], vals["reinit"])
+      v2 = ev.verdict(vals["finetune"], vals["ticket"])
       lines.append(
-          f"| {rate:g} | {_pm(vals['dense_test_accuracy'])} | {_pm(vals['ticket'])} | "
-          f"{_pm(vals['reinit'])} | {_pm(vals['finetune'])} | {100 * v1[1]:+.2f} ({v1[0]}) | "
-          f"{100 * v2[1]:+.2f} ({v2[0]}) | {_pm(ca, 1, 3)} | {_pm(ck, 1, 3)} |")
+          f"| {rate:g} | {ev.pm(vals['dense_test_accuracy'])} | {ev.pm(vals['ticket'])} | "
+          f"{ev.pm(vals['reinit'])} | {ev.pm(vals['finetune'])} | {100 * v1[1]:+.2f} ({v1[0]}) | "
+          f"{100 * v2[1]:+.2f} ({v2[0]}) | {ev.pm(ca, 1, 3)} | {ev.pm(ck, 1, 3)} |")
     lines.append("")
     for (k, st), label, style in zip(series.items(),
                                      ("dense", "ticket", "re-init", "prune & fine-tune"),
@@ -274,8 +213,7 @@ def main() -> None:
                   help="relative paths are relative to the repository root")
   args = ap.parse_args()
   if args.action == "commands":
-    for name in runs():
-      print(shlex.join(["python"] + command(name, args.root)[1:]))
+    ev.print_commands(runs(), args.root, command)
   elif args.action == "run":
     run(args.names or list(runs()), args.root)
   elif args.action == "store":

@@ -15,17 +15,14 @@ Workdirs under `--root` (default runs/siblings).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
-import subprocess
 import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-FIG = os.path.join(HERE, "figures")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std)
+from _evidence import REPO, FIG  # noqa: E402
 
 
 def runs() -> dict[str, list[str]]:
@@ -39,37 +36,20 @@ def runs() -> dict[str, list[str]]:
 
 
 def command(name: str, root: str) -> list[str]:
-  return ([sys.executable, "-m", "lottery_jax.main"] + runs()[name]
-          + [f"--workdir={os.path.join(root, name)}"])
+  return ev.command(runs()[name], root, name)
 
 
 def run(names, root: str) -> None:
-  for name in names:
-    print("+", shlex.join(command(name, root)), flush=True)
-    subprocess.run(command(name, root), cwd=REPO, check=True)
-
-
-def _load(root, name):
-  path = os.path.join(root, name, "summary.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  ev.run(names, root, command, skip_done=False)
 
 
 def _ms(xs):
-  a = np.asarray([x for x in xs if x is not None], np.float64)
-  if a.size == 0:
-    return "-"
-  return f"{a.mean():.4f}" + (f" ± {a.std(ddof=1):.4f}" if a.size > 1 else "") + f" (n={a.size})"
+  return ev.pm(xs, 1.0, 4)
 
 
 def collect(root: str) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  os.makedirs(FIG, exist_ok=True)
-  S = {n: _load(root, n) for n in runs()}
+  plt = ev.pyplot()
+  S = {n: ev.load(n, root) for n in runs()}
   groups = {"digits": [S[f"digits_s{s}"] for s in (0, 1, 2) if S[f"digits_s{s}"]],
             "mnist1d": [S["mnist1d_s0"]] if S["mnist1d_s0"] else []}
   lines = []
@@ -133,9 +113,7 @@ def main() -> None:
   a = ap.parse_args()
   os.chdir(REPO)
   if a.what == "commands":
-    for n in a.names or runs():
-      print(shlex.join(["python", "-m", "lottery_jax.main"] + runs()[n]
-                       + [f"--workdir={os.path.join(a.root, n)}"]))
+    ev.print_commands(a.names or runs(), a.root, command)
   elif a.what == "run":
     run(a.names or list(runs()), a.root)
   else:

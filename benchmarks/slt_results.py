@@ -34,7 +34,7 @@ ticket's header; BatchNorm running statistics, which every ticket of a model sto
 alike, are left out). Search-space size: the number of searchable weights.
 
 Verdicts compare paired seeds (same seed: same data order; the weights and partition
-differ between (p, r) settings): a two-sided paired t-test at 5% (imp_results.verdict:
+differ between (p, r) settings): a two-sided paired t-test at 5% (_evidence.verdict:
 with 3 seeds the mean difference must exceed 4.3 standard errors), else "within noise".
 
 * "freezing gives better accuracy per stored bit": a frozen ticket at f against the
@@ -52,20 +52,14 @@ re-collect without the runs. Figures: benchmarks/figures/slt_accuracy_vs_bits.pn
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import imp_results  # noqa: E402  (the shared verdict)
-REPO = os.path.dirname(HERE)
-FIG = os.path.join(HERE, "figures")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std, verdicts)
+from _evidence import REPO, HERE, FIG  # noqa: E402
 STORE = os.path.join(HERE, "results", "slt")
 CIFAR_ZIP = "../shared/datasets/cifar10-jpeg.zip"
 
@@ -125,59 +119,28 @@ def runs() -> dict[str, list[str]]:
 
 
 def command(name: str, root: str) -> list[str]:
-  return ([sys.executable, "-m", "lottery_jax.main"] + runs()[name]
-          + [f"--workdir={os.path.join(root, name)}"])
+  return ev.command(runs()[name], root, name)
 
 
 def run(names, root: str) -> None:
-  for name in names:
-    if os.path.exists(os.path.join(REPO, root, name, "summary.json")):
-      print(f"{name}: done already")
-      continue
-    print("+", shlex.join(command(name, root)), flush=True)
-    subprocess.run(command(name, root), cwd=REPO, check=True)
+  ev.run(names, root, command)
 
 
 def _load(root, name):
-  for base in (os.path.join(REPO, root), STORE):
-    path = os.path.join(base, name, "summary.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
-  return None
+  return ev.load(name, os.path.join(REPO, root), STORE)
 
 
 def _store(root, name) -> None:
   """Copies a finished run's summary.json (and strong_ticket.json) into STORE."""
-  src = os.path.join(REPO, root, name)
-  if not os.path.exists(os.path.join(src, "summary.json")):
-    return
-  dst = os.path.join(STORE, name)
-  os.makedirs(dst, exist_ok=True)
-  for f in ("summary.json", "strong_ticket.json"):
-    if os.path.exists(os.path.join(src, f)):
-      shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
-
-
-_stats = imp_results._stats   # mean, std (ddof 1), n of the non-missing values
+  ev.store(root, name, STORE, ("summary.json", "strong_ticket.json"))
 
 
 def _pm(xs, scale=100.0, digits=1) -> str:
-  return imp_results._pm(xs, scale, digits)
-
-
-def verdict(a, b) -> tuple[str, float, float, int]:
-  """imp_results.verdict (a two-sided paired t-test at 5% over the seeds) on the seeds
-  both arms have, plus their count."""
-  pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-  if not pairs:
-    return "no runs", float("nan"), float("nan"), 0
-  word, mean, se = imp_results.verdict([x for x, _ in pairs], [y for _, y in pairs])
-  return word, mean, se, len(pairs)
+  return ev.pm(xs, scale, digits)
 
 
 def _v(a, b) -> str:
-  w, m, se, n = verdict(a, b)
+  w, m, se, n = ev.verdict(a, b)
   if n == 0:
     return "-"
   return f"{100 * m:+.1f} ± {100 * se:.1f} (n={n}): **{w}**"
@@ -218,10 +181,7 @@ def _table(S, prefix, settings, seeds, label):
 
 
 def collect(root: str) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  os.makedirs(FIG, exist_ok=True)
+  plt = ev.pyplot()
   names = list(runs())
   for n in names:
     _store(root, n)
@@ -323,8 +283,7 @@ def main() -> None:
                   help="relative paths are relative to the repository root")
   args = ap.parse_args()
   if args.action == "commands":
-    for name in args.names or runs():
-      print(shlex.join(["python"] + command(name, args.root)[1:]))
+    ev.print_commands(args.names or runs(), args.root, command)
   elif args.action == "run":
     run(args.names or list(runs()), args.root)
   else:
