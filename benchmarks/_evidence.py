@@ -95,6 +95,14 @@ def pyplot():
   return plt
 
 
+def savefig(fig, name: str) -> None:
+  """Lays out `fig`, writes it to the figures folder as `name` (120 dpi) and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig.tight_layout()
+  fig.savefig(os.path.join(FIG, name), dpi=120)
+  plt.close(fig)
+
+
 def stats(xs):
   """(mean, sample std (nan for one value), count) of the non-None values; None if none."""
   a = np.asarray([x for x in xs if x is not None], np.float64)

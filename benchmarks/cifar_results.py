@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std)
-from _evidence import REPO, FIG  # noqa: E402
+from _evidence import REPO  # noqa: E402
 
 CKPT = os.path.join("benchmarks", "checkpoints", "resnet20_cifar10")
 
@@ -340,9 +340,7 @@ def collect(root: str) -> str:
     ax.set_ylabel("test accuracy (%), 5k subset")
     ax.set_title(f"ResNet-20, 90%, {title}")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "search_cost.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "search_cost.png")
   lines.append("")
 
   # restriction ablation
@@ -376,9 +374,7 @@ def collect(root: str) -> str:
   axs[1].set_xlabel("step"); axs[1].set_ylabel("swaps per step (all layers)")
   axs[1].set_yscale("symlog")
   axs[0].legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "restriction_ablation.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "restriction_ablation.png")
   lines.append("")
 
   # overlap
@@ -490,9 +486,7 @@ def collect_full(root: str, dense: float | None) -> str:
   ax.set_ylabel("test accuracy (%), full 10k")
   ax.set_title("ResNet-20, CIFAR-10, 90% sparse (band: min-max over seeds)")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "full_accuracy_vs_steps.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "full_accuracy_vs_steps.png")
 
   # Accuracy against sparsity.
   fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -511,9 +505,7 @@ def collect_full(root: str, dense: float | None) -> str:
   ax.set_xlabel("sparsity (%)")
   ax.set_ylabel("test accuracy (%)")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "full_accuracy_vs_sparsity.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "full_accuracy_vs_sparsity.png")
 
   # Search cost: steps to reach 95% of the converged random-init accuracy.
   lines += ["### Full data: search cost, magnitude vs random score init (90%)", "",
@@ -549,9 +541,7 @@ def collect_full(root: str, dense: float | None) -> str:
     ax.bar(ks, [bars[k] for k in ks], color="C2")
     ax.set_ylabel("IoU with the random-init mask")
     ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(FIG, "full_overlap.png"), dpi=120)
-    plt.close(fig)
+    ev.savefig(fig, "full_overlap.png")
   else:
     lines.append("(full/random90_e30_s0 has not finished)")
   for sp in (90, 95):

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std, verdicts)
-from _evidence import REPO, HERE, FIG  # noqa: E402
+from _evidence import REPO, HERE  # noqa: E402
 # Finished runs' summary.json files, committed so `collect` works without the runs.
 STORE = os.path.join(HERE, "results", "imp")
 SEEDS = (0, 1, 2)
@@ -137,9 +137,7 @@ def collect(root: str) -> str:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"IMP, {ds} ({len(summaries)} seeds, mean ± std)")
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "imp_accuracy_vs_sparsity.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "imp_accuracy_vs_sparsity.png")
 
   # ---- Ticket vs re-init vs prune & fine-tune at an equal budget; correlation vs eta.
   fig, axs = plt.subplots(1, len(tvf_ds), figsize=(5 * len(tvf_ds), 3.8), squeeze=False)
@@ -191,17 +189,13 @@ def collect(root: str) -> str:
       m = np.array([s[0] for s in st])
       sd = np.nan_to_num(np.array([s[1] for s in st]))
       ax2.errorbar(rates, m, yerr=sd, fmt=style, label=label, capsize=3, ms=4)
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "imp_ticket_vs_finetune.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "imp_ticket_vs_finetune.png")
   ax2.set_xscale("log")
   ax2.set_xlabel("learning rate eta")
   ax2.set_ylabel("Pearson r(theta_0, theta_T)")
   ax2.set_title("Initial vs final weights against eta")
   ax2.legend(fontsize=8)
-  fig2.tight_layout()
-  fig2.savefig(os.path.join(FIG, "imp_correlation_vs_lr.png"), dpi=120)
-  plt.close(fig2)
+  ev.savefig(fig2, "imp_correlation_vs_lr.png")
   return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std)
-from _evidence import REPO, FIG  # noqa: E402
+from _evidence import REPO  # noqa: E402
 
 
 def runs() -> dict[str, list[str]]:
@@ -96,9 +96,7 @@ def collect(root: str) -> str:
     ax.set_title(f"{ds} (band: min-max over {len(summaries)} seed(s))")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "siblings_overlap.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "siblings_overlap.png")
   text = "\n".join(lines)
   print(text)
   return text

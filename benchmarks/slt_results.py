@@ -59,7 +59,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std, verdicts)
-from _evidence import REPO, HERE, FIG  # noqa: E402
+from _evidence import REPO, HERE  # noqa: E402
 STORE = os.path.join(HERE, "results", "slt")
 CIFAR_ZIP = "../shared/datasets/cifar10-jpeg.zip"
 
@@ -243,9 +243,7 @@ def collect(root: str) -> str:
               f"| (the price of freezing) | (0.2, 0.2) - (0, 0) | model, sparsity (1.67x fewer "
               f"bits) | {_v(cacc(_pr(0.2, 0.2)), cacc(_pr(0, 0)))} |", ""]
     _plot(axs[2], None, cpts, "CIFAR-10 quarter-width Conv-6 (subset)")
-  fig.tight_layout()
-  fig.savefig(os.path.join(FIG, "slt_accuracy_vs_bits.png"), dpi=120)
-  plt.close(fig)
+  ev.savefig(fig, "slt_accuracy_vs_bits.png")
   return "\n".join(lines)
 
 
