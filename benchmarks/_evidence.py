@@ -80,6 +80,8 @@ def store(root: str, name: str, dest: str, files: tuple[str, ...] = ("summary.js
   if not os.path.exists(os.path.join(src, "summary.json")):
     return
   dst = os.path.join(dest, name)
+  if os.path.realpath(src) == os.path.realpath(dst):
+    return   # --root is the store itself (collect from the committed summaries)
   os.makedirs(dst, exist_ok=True)
   for f in files:
     if os.path.exists(os.path.join(src, f)):
