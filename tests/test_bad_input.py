@@ -114,6 +114,15 @@ def _override(field, value):
   return f"--config.{field}={value}"
 
 
+def assert_quickstart_refuses(tmp_path, capsys, overrides, *names):
+  """configs/quickstart.py with the --config.* `overrides` is refused (the line names
+  `names`) before its workdir is made."""
+  workdir = tmp_path / "w"
+  code, err = run_main([f"--config={QUICKSTART}", f"--workdir={workdir}", *overrides], capsys)
+  assert_refused(code, err, *names)
+  assert not workdir.exists()
+
+
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -123,31 +132,19 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
 def test_out_of_range_values_are_refused_before_any_stage(tmp_path, capsys, tripwire, data):
   field = data.draw(st.sampled_from(sorted(OUT_OF_RANGE)))
   value = data.draw(OUT_OF_RANGE[field])
-  workdir = tmp_path / "w"
-  code, err = run_main([f"--config={QUICKSTART}", f"--workdir={workdir}",
-                        _override(field, value)], capsys)
-  assert_refused(code, err, f"config.{field}=")
-  assert not workdir.exists()
+  assert_quickstart_refuses(tmp_path, capsys, [_override(field, value)], f"config.{field}=")
 
 
 @SETTINGS
 @given(field=st.sampled_from(FLOAT_FIELDS), value=NON_FINITE)
 def test_non_finite_numbers_are_refused(tmp_path, capsys, tripwire, field, value):
-  workdir = tmp_path / "w"
-  code, err = run_main([f"--config={QUICKSTART}", f"--workdir={workdir}",
-                        _override(field, value)], capsys)
-  assert_refused(code, err, f"config.{field}=")
-  assert not workdir.exists()
+  assert_quickstart_refuses(tmp_path, capsys, [_override(field, value)], f"config.{field}=")
 
 
 @SETTINGS
 @given(field=st.sampled_from(NAMED), name=UNKNOWN_NAME)
 def test_unknown_names_are_refused(tmp_path, capsys, tripwire, field, name):
-  workdir = tmp_path / "w"
-  code, err = run_main([f"--config={QUICKSTART}", f"--workdir={workdir}",
-                        f"--config.{field}={name}"], capsys)
-  assert_refused(code, err, field, repr(name))
-  assert not workdir.exists()
+  assert_quickstart_refuses(tmp_path, capsys, [f"--config.{field}={name}"], field, repr(name))
 
 
 @SETTINGS
@@ -155,11 +152,7 @@ def test_unknown_names_are_refused(tmp_path, capsys, tripwire, field, name):
                               "optimizer.learning_rate", "data.batch_size"]),
        value=st.sampled_from(["abc", "[1,2]", "{}", "1e", "--", "0x"]))
 def test_wrong_types_are_refused(tmp_path, capsys, field, value):
-  workdir = tmp_path / "w"
-  code, err = run_main([f"--config={QUICKSTART}", f"--workdir={workdir}",
-                        f"--config.{field}={value}"], capsys)
-  assert_refused(code, err, f"--config.{field}")
-  assert not workdir.exists()
+  assert_quickstart_refuses(tmp_path, capsys, [f"--config.{field}={value}"], f"--config.{field}")
 
 
 CONTRADICTIONS = [
@@ -174,11 +167,8 @@ CONTRADICTIONS = [
 
 @pytest.mark.parametrize("fields,named", CONTRADICTIONS)
 def test_contradictory_combinations_are_refused(tmp_path, capsys, tripwire, fields, named):
-  workdir = tmp_path / "w"
-  code, err = run_main([f"--config={QUICKSTART}", f"--workdir={workdir}",
-                        *(_override(k, v) for k, v in fields.items())], capsys)
-  assert_refused(code, err, f"config.{named}")
-  assert not workdir.exists()
+  assert_quickstart_refuses(tmp_path, capsys, [_override(k, v) for k, v in fields.items()],
+                            f"config.{named}")
 
 
 def test_a_jackpot_without_pretrained_weights_is_refused(tmp_path, capsys, tripwire):
