@@ -101,10 +101,9 @@ class Interrupt(Exception):
   """Stands for a crash at a chosen step (in-process tests)."""
 
 
-@contextlib.contextmanager
-def interrupted_at(step: int, monkeypatch, before=None):
-  """Runs under a `loop.build` whose train step raises Interrupt on call `step`
-  (after `before()`, if given: e.g. filling the disk)."""
+def on_train_step(monkeypatch, hook):
+  """Replaces `loop.build` by one whose train step calls hook(n) before its n-th call
+  (n counts from 1 for each build)."""
   real = loop.build
 
   def build(config, mesh=None):
@@ -113,15 +112,24 @@ def interrupted_at(step: int, monkeypatch, before=None):
 
     def step_fn(state, batch):
       calls[0] += 1
-      if calls[0] == step:
-        if before is not None:
-          before()
-        else:
-          raise Interrupt(step)
+      hook(calls[0])
       return train_step(state, batch)
     r.train_step = step_fn
     return r
   monkeypatch.setattr(loop, "build", build)
+
+
+@contextlib.contextmanager
+def interrupted_at(step: int, monkeypatch, before=None):
+  """Runs under a `loop.build` whose train step raises Interrupt on call `step`
+  (after `before()`, if given: e.g. filling the disk)."""
+  def hook(n):
+    if n == step:
+      if before is not None:
+        before()
+      else:
+        raise Interrupt(step)
+  on_train_step(monkeypatch, hook)
   yield
 
 
@@ -535,21 +543,12 @@ def test_sigkill_anywhere_then_resume_is_bitwise_identical(tmp_path, method):
 def _traced_heap(tmp_path, monkeypatch, **overrides):
   """(step, bytes of Python heap traced by tracemalloc) every 25 steps of a run."""
   samples = []
-  real = loop.build
 
-  def build(config, mesh=None):
-    r = real(config, mesh)
-    train_step, calls = r.train_step, [0]
-
-    def step_fn(state, batch):
-      calls[0] += 1
-      if calls[0] % 25 == 0:
-        gc.collect()
-        samples.append((calls[0], tracemalloc.get_traced_memory()[0]))
-      return train_step(state, batch)
-    r.train_step = step_fn
-    return r
-  monkeypatch.setattr(loop, "build", build)
+  def sample(n):
+    if n % 25 == 0:
+      gc.collect()
+      samples.append((n, tracemalloc.get_traced_memory()[0]))
+  on_train_step(monkeypatch, sample)
   tracemalloc.start()
   try:
     loop.run(run_cfg(**overrides), str(tmp_path))
