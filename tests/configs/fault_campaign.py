@@ -9,25 +9,27 @@ epoch, 2 vmapped siblings, union / intersection / one-shot retrained), "strong"
 (a strong ticket in a partially frozen random network, stored as seeds + bits).
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
-from lottery_jax import data, recipes
+from lottery_jax import recipes
 from lottery_jax.engine.config import base_config
 
 METHODS = ("jackpot", "imp", "siblings", "strong")
 
+# The model and data of tests/configs/tiny_search.py (a config file, loaded by path).
+_spec = importlib.util.spec_from_file_location(
+    "tiny_search", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_search.py"))
+tiny_search = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny_search)
+
 
 def _tiny(c):
-  c.model.name = "digits_cnn"
-  c.model.kwargs = {"widths": (8, 16, 16)}
-  c.data = data.default_config("digits")
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 128
-  c.data.max_train_examples = 256
+  c = tiny_search.tiny(c)
   c.data.max_eval_examples = 128
-  c.log_every_steps = 2
   c.checkpoint_every_steps = 4
-  c.analysis.saliency_batches = 1
   c.tensorboard = True
   c.progress_bar = False
   return c

@@ -8,8 +8,9 @@ from lottery_jax import data
 from lottery_jax.engine.config import base_config
 
 
-def get_config():
-  c = base_config()
+def tiny(c):
+  """`c` on the tiny digits CNN and a digits subset, logging often (in place; returns c).
+  tests/configs/fault_campaign.py builds on it too."""
   c.model.name = "digits_cnn"
   c.model.kwargs = {"widths": (8, 16, 16)}
   c.data = data.default_config("digits")
@@ -17,12 +18,17 @@ def get_config():
   c.data.eval_batch_size = 128
   c.data.max_train_examples = 256
   c.data.max_eval_examples = 200
-  c.mask.program = "jackpot"
-  c.sparsity = 0.9
-  c.mask.update_rule = "swap"
-  c.num_steps = 6
   c.log_every_steps = 2
   c.checkpoint_every_steps = 3
   c.analysis.saliency_batches = 1
   c.tensorboard = False
+  return c
+
+
+def get_config():
+  c = tiny(base_config())
+  c.mask.program = "jackpot"
+  c.sparsity = 0.9
+  c.mask.update_rule = "swap"
+  c.num_steps = 6
   return c
