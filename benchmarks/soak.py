@@ -1,6 +1,7 @@
 """Soak: a long small run's resident memory (RSS) against steps (issue 17.6).
 
 Run:  nice -n 19 python benchmarks/soak.py [--workdir runs/soak] [--steps 20000]
+          [--set checkpoint_release_memory=False]
 
 Runs `python -m lottery_jax.main` on the embedded digits data set (a jackpot search
 over the tiny digits CNN of tests/configs/tiny_search.py on random weights, with
@@ -38,13 +39,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"step (\d+)/(\d+)\s+loss")
 
 
-def command(workdir: str, steps: int, log_every: int, checkpoint_every: int) -> list[str]:
+def command(workdir: str, steps: int, log_every: int, checkpoint_every: int,
+            overrides: tuple[str, ...] = ()) -> list[str]:
   return [sys.executable, "-m", "lottery_jax.main",
           f"--config={REPO}/tests/configs/tiny_search.py", f"--workdir={workdir}",
           "--config.search_random_weights=True", f"--config.num_steps={steps}",
           f"--config.log_every_steps={log_every}",
           f"--config.checkpoint_every_steps={checkpoint_every}",
-          "--config.tensorboard=True", "--config.progress_bar=False"]
+          "--config.tensorboard=True", "--config.progress_bar=False",
+          *(f"--config.{o}" for o in overrides)]
 
 
 def read_samples(path: str) -> list[tuple[int, float, int]]:
@@ -65,11 +68,12 @@ def rss_anon(pid: int) -> int:
 
 
 def run(workdir: str, steps: int, log_every: int, checkpoint_every: int,
-        samples_path: str) -> int:
+        samples_path: str, overrides: tuple[str, ...] = ()) -> int:
   """Runs (or resumes) the child, appending a sample per logged step; its exit code."""
   new = not os.path.exists(samples_path)
   env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""), JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(command(workdir, steps, log_every, checkpoint_every), cwd=REPO,
+  proc = subprocess.Popen(command(workdir, steps, log_every, checkpoint_every, overrides),
+                          cwd=REPO,
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, bufsize=1)
   child = psutil.Process(proc.pid)
@@ -133,13 +137,16 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=20000)
   p.add_argument("--log-every", type=int, default=50)
   p.add_argument("--checkpoint-every", type=int, default=500)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="a config override for the run, e.g. --set "
+                 "checkpoint_release_memory=False (repeatable)")
   p.add_argument("--skip", type=float, default=0.1,
                  help="fraction of the steps treated as warm-up and left out of the fit")
   args = p.parse_args(argv)
   samples_path = args.workdir.rstrip("/") + ".samples.csv"
   if not os.path.exists(os.path.join(args.workdir, "summary.json")):
     code = run(args.workdir, args.steps, args.log_every, args.checkpoint_every,
-               samples_path)
+               samples_path, tuple(args.set))
     if code != 0:
       print(f"the run exited with status {code}; run the same command again to resume",
             file=sys.stderr)

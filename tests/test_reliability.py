@@ -394,6 +394,42 @@ def test_no_good_checkpoint_left_stops_and_changes_nothing(tmp_path, monkeypatch
   assert snapshot(tmp_path) == before  # not started over, nothing moved
 
 
+def test_each_save_first_releases_free_memory_unless_turned_off(tmp_path, monkeypatch):
+  """`config.checkpoint_release_memory` (default True): each save waits for the
+  previous one and hands the allocator's free memory back (benchmarks/soak.py
+  measures the effect); False leaves the allocator alone."""
+  from lottery_jax.engine import checkpoint
+  calls = []
+  monkeypatch.setattr(checkpoint, "release_free_memory", lambda: calls.append(1))
+  r = loop.build(run_cfg())
+  for release, expected in ((True, 2), (False, 0)):
+    calls.clear()
+    ckpt = Checkpointer(tmp_path / str(release), keep=2, release_memory=release)
+    for step in (1, 2):
+      ckpt.save(step, r.state, {"step": step}, {"step": step})
+    ckpt.wait()
+    ckpt.close()
+    assert len(calls) == expected, release
+  assert run_cfg().checkpoint_release_memory is True
+
+
+def test_releasing_memory_is_a_no_op_without_glibc(monkeypatch):
+  """Where the C library is not glibc (musl, macOS, Windows: no CS_GNU_LIBC_VERSION),
+  release_free_memory does nothing and says so, and never raises."""
+  from lottery_jax.engine import checkpoint
+  monkeypatch.setattr(checkpoint, "_TRIM", None)
+  def no_glibc(name):
+    raise ValueError("unrecognized configuration name")
+  monkeypatch.setattr(checkpoint.os, "confstr", no_glibc)
+  assert checkpoint.release_free_memory() is False
+  monkeypatch.setattr(checkpoint, "_TRIM", None)
+  monkeypatch.setattr(checkpoint.os, "confstr", lambda name: None)
+  assert checkpoint.release_free_memory() is False
+  monkeypatch.undo()
+  on_glibc = bool(getattr(os, "confstr", lambda n: None)("CS_GNU_LIBC_VERSION"))
+  assert checkpoint.release_free_memory() is on_glibc
+
+
 # ----------------------------------------------------------------- 17.4 disk full
 @pytest.fixture
 def small_disk(tmp_path):

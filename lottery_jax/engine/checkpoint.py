@@ -11,11 +11,21 @@ newest checkpoint that reads back and matches its digest (CRC-32 of every leaf's
 bytes, written at save time), moves the damaged newer ones aside to
 `<checkpoints>.damaged/` with a warning naming what was wrong, and raises
 `DamagedCheckpointError` (touching nothing) when no good checkpoint is left.
+
+Memory: Orbax runs every save in new threads, and glibc gives each thread a malloc
+arena that keeps its high-water mark; free memory in the arenas and at the middle of
+the heap is not handed back to the OS on its own. With `release_memory` (the
+default; `config.checkpoint_release_memory`) each save first calls glibc's
+`malloc_trim(0)`, once the previous save has finished, which returns that free
+memory (a no-op where the C library is not glibc). docs/reliability.md ("Soak") has
+the measurements.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import time
 import zlib
 from typing import Any
@@ -45,11 +55,39 @@ def state_digest(state) -> dict[str, int] | None:
           for (p, _), x in zip(leaves, host)}
 
 
+_TRIM = None  # glibc's malloc_trim, resolved on first use; False where unavailable
+
+
+def release_free_memory() -> bool:
+  """Hands the C allocator's free memory back to the OS: glibc's `malloc_trim(0)`
+  (every arena, and free pages in the middle of the heap, since glibc 2.8). Only
+  free memory is released, so it cannot change results; the cost is the walk over
+  the arenas (milliseconds here) and page faults when the memory is used again.
+  Returns False, doing nothing, where the C library is not glibc (musl, macOS,
+  Windows) or the call is unavailable."""
+  global _TRIM
+  if _TRIM is None:
+    _TRIM = False
+    try:
+      if os.confstr("CS_GNU_LIBC_VERSION"):  # "glibc 2.36"; ValueError/None elsewhere
+        fn = ctypes.CDLL(None).malloc_trim
+        fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        _TRIM = fn
+    except (AttributeError, OSError, ValueError, TypeError):
+      pass
+  if not _TRIM:
+    return False
+  _TRIM(0)
+  return True
+
+
 class Checkpointer:
 
-  def __init__(self, directory, *, keep: int | None = 2, create: bool = True):
+  def __init__(self, directory, *, keep: int | None = 2, create: bool = True,
+               release_memory: bool = True):
     self.directory = io.absolute(directory)
     self._keep, self._create = keep, create
+    self._release_memory = release_memory
     self.manager = self._manager()
 
   def _manager(self):
@@ -70,6 +108,11 @@ class Checkpointer:
     # may be donated to the next step while the write finishes in the background.
     with jax.transfer_guard("allow"), io.disk_full_names(self.directory / str(step),
                                                          "checkpointing to"):
+      if self._release_memory:
+        # Orbax would wait for the previous save inside `save` anyway; waiting here
+        # first lets the trim return what that save's threads left behind.
+        self.manager.wait_until_finished()
+        release_free_memory()
       self.manager.save(
           step,
           args=ocp.args.Composite(

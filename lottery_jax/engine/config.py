@@ -16,7 +16,8 @@ from lottery_jax.engine.errors import ConfigError
 
 # Fields that may change between a run and its resumption without changing results.
 RESUME_NEUTRAL = (
-    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "progress_bar",
+    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "checkpoint_release_memory", "progress_bar",
     "allow_config_change", "data.num_workers", "analysis.saliency_batches",
     "tensorboard",
 )
@@ -176,6 +177,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
+  # Before each checkpoint save, hand the allocator's free memory back to the OS
+  # (glibc's malloc_trim; a no-op elsewhere): Orbax saves in new threads whose malloc
+  # arenas otherwise keep their high-water marks (docs/reliability.md, "Soak").
+  c.checkpoint_release_memory = True
   c.eval_every_epochs = 0.0     # 0: evaluate at the start and the end only
   c.progress_bar = True         # shown only when stdout is a terminal
   c.tensorboard = True
@@ -313,6 +318,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps",
        c.checkpoint_every_steps, ">= 1")
   need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, ">= 1")
+  need(isinstance(c.checkpoint_release_memory, bool), "checkpoint_release_memory",
+       c.checkpoint_release_memory, "True or False")
 
 
 def flatten(c: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:

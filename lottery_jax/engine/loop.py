@@ -408,8 +408,10 @@ def _run_locked(r: Run, config, workdir: str) -> dict[str, Any]:
   if lead:
     io.write_json(root / "config.json", config_json)
 
-  checkpointer = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
-  rewinder = (Checkpointer(root / REWIND_DIR, keep=None)
+  release = config.get("checkpoint_release_memory", True)
+  checkpointer = Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
+                              release_memory=release)
+  rewinder = (Checkpointer(root / REWIND_DIR, keep=None, release_memory=release)
               if config.rewind_step >= 0 else None)
   train_iter = r.train_iter()
   state = r.state
