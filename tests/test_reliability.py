@@ -394,6 +394,61 @@ def test_no_good_checkpoint_left_stops_and_changes_nothing(tmp_path, monkeypatch
   assert snapshot(tmp_path) == before  # not started over, nothing moved
 
 
+@pytest.fixture(scope="module")
+def rewound(tmp_path_factory):
+  """An 8-step run that kept its rewind point at step 3 (IMP's level_0 keeps θ_k so)."""
+  src = str(tmp_path_factory.mktemp("rewound"))
+  loop.run(run_cfg(rewind_step=3), src)
+  assert sorted(os.listdir(os.path.join(src, "rewind"))) == ["3"]
+  return src
+
+
+@pytest.mark.parametrize("kind", ["truncate", "delete", "flip", "crc"])
+def test_a_damaged_rewind_point_is_refused_not_used(rewound, tmp_path, kind):
+  """IMP's next level (and its controls) start from the rewind weights that level_0
+  kept: a fork from `rewind/3`. A damaged rewind point must stop the fork with a
+  message naming it, never be used. "crc" alters the recorded CRC-32 instead of the
+  data: damage that still decodes, which only the digest can catch (restore_host did
+  not check it before)."""
+  src = str(tmp_path / "src")
+  shutil.copytree(rewound, src)
+  step_dir = os.path.join(src, "rewind", "3")
+  if kind == "crc":
+    meta_file = os.path.join(step_dir, "meta", "metadata")
+    with open(meta_file) as f:
+      meta = json.load(f)
+    leaf = sorted(k for k in meta["state_crc32"] if "params" in k)[0]
+    meta["state_crc32"][leaf] ^= 1
+    with open(meta_file, "w") as f:
+      json.dump(meta, f)
+  else:
+    _damage(step_dir, kind)
+  fork = str(tmp_path / "fork")
+  with pytest.raises(DamagedCheckpointError) as e:
+    loop.run(run_cfg(**{"start.workdir": src, "start.step": 3}), fork)
+  msg = str(e.value)
+  assert f"{src}/rewind/3" in msg and "\n" not in msg
+  assert ("CRC-32 mismatch" if kind == "crc" else "does not read back") in msg
+  assert not os.path.exists(os.path.join(fork, "checkpoints"))  # nothing trained
+  # IMP's summary reads the same point (θ_k for r(θ_k, θ_T)) through the same check.
+  from lottery_jax.experiments import tickets
+  with pytest.raises(DamagedCheckpointError, match="rewind/3"):
+    tickets.rewind_params(src, 3)
+
+
+def test_an_intact_rewind_point_passes_the_digest(rewound):
+  """The check compares the CRC-32s recorded from the TrainState (`.params[...]`)
+  with the restored dicts (`['params'][...]`): every leaf must be matched, or the
+  check above would pass vacuously."""
+  from lottery_jax.engine import checkpoint
+  ckpt = Checkpointer(os.path.join(rewound, "rewind"), keep=None, create=False)
+  state, _, meta = ckpt.restore_host(3)
+  ckpt.close()
+  got = {checkpoint._dict_path(k) for k in checkpoint.state_digest(state)}
+  want = {checkpoint._dict_path(k) for k in meta[checkpoint.DIGEST_KEY]}
+  assert want == got and any("opt_state" in k for k in want)
+
+
 def test_each_save_first_releases_free_memory_unless_turned_off(tmp_path, monkeypatch):
   """`config.checkpoint_release_memory` (default True): each save waits for the
   previous one and hands the allocator's free memory back (benchmarks/soak.py

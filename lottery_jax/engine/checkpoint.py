@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import time
 import zlib
 from typing import Any
@@ -227,7 +228,21 @@ class Checkpointer:
       raise DamagedCheckpointError(
           f"{self.directory / str(step)} does not read back: "
           f"{type(e).__name__}: {_one_line(e)}") from e
-    return restored["state"], restored["data"], restored["meta"]
+    state, data, meta = restored["state"], restored["data"], restored["meta"]
+    saved = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
+    if saved is not None:
+      # Saved from a TrainState (paths `.params['conv']`), restored as the dicts
+      # Orbax wrote (`['params']['conv']`): compared on the dict spelling. (Damage
+      # cannot rename a leaf; one that is missing fails to read back above.)
+      got = {_dict_path(k): v for k, v in state_digest(state).items()}
+      want = {_dict_path(k): v for k, v in saved.items()}
+      bad = sorted(k for k in want if k in got and got[k] != want[k])
+      if bad:
+        raise DamagedCheckpointError(
+            f"{self.directory / str(step)}: the restored state differs from what was "
+            f"saved (CRC-32 mismatch in {', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''})")
+    return state, data, meta
 
   def wait(self) -> None:
     with io.disk_full_names(self.directory, "checkpointing to"):
@@ -235,6 +250,12 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _dict_path(keystr: str) -> str:
+  """A `jax.tree_util.keystr` path with attribute steps (`.params`, of dataclasses
+  and named tuples) spelt as the dict keys Orbax saves them under (`['params']`)."""
+  return re.sub(r"\.([A-Za-z_]\w*)", r"['\1']", keystr)
 
 
 def _one_line(e: BaseException) -> str:
