@@ -39,8 +39,22 @@ def print_commands(names: Iterable[str], root: str,
 
 
 def done(root: str, name: str) -> bool:
-  """Whether run `name` under `root` (relative: to the repository) has finished."""
-  return os.path.exists(os.path.join(REPO, root, name, "summary.json"))
+  """Whether run `name` under `root` (relative: to the repository) has finished.
+
+  The workdir's summary.json marks its first stage finished; a "train" run with a
+  "+T" stage (config `finetune.num_epochs` > 0) is done only when
+  `<workdir>/finetune/summary.json` exists too.
+  """
+  workdir = os.path.join(REPO, root, name)
+  if not os.path.exists(os.path.join(workdir, "summary.json")):
+    return False
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      finetune_epochs = float(json.load(f).get("finetune.num_epochs") or 0.0)
+  except (OSError, ValueError):
+    finetune_epochs = 0.0
+  return (finetune_epochs <= 0
+          or os.path.exists(os.path.join(workdir, "finetune", "summary.json")))
 
 
 def run(names: Iterable[str], root: str, command_of: Callable[[str, str], list[str]], *,
