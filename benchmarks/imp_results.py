@@ -24,6 +24,14 @@ Runs (workdirs under `--root`, default runs/imp_results):
 or `mnist1d` (MNIST-1D generated offline, 1,000 test sequences: 0.1 points); seeds 0,
 1, 2 (`--config.seed`: the initialisation, the data order and the masks' ties).
 
+* `imp_cifar10_s<seed>`: configs/imp_conv_cifar10.py:conv2,...,subset (Frankle &
+  Carbin's Conv-2, Adam 2e-4, batch 60, no augmentation; 600 iterations per training,
+  4 levels of 25% of the convolutions / 50% of fc1-fc2 / 25% of the output layer,
+  rewound to the initialisation, both controls) on a class-balanced 10k-image CIFAR-10
+  train subset (`subset` writes it to runs/cifar/cifar10-train10k.zip from
+  ../shared/datasets/cifar10-jpeg.zip, seed 0, 1000 images per class; `run` writes it
+  when missing), scored on the full 10k test set (0.01 points per image).
+
 `collect` writes benchmarks/figures/imp_accuracy_vs_sparsity.png,
 imp_ticket_vs_finetune.png and imp_correlation_vs_lr.png, and prints the tables and
 the per-claim verdicts RESULTS.md quotes. A verdict is a two-sided paired t-test at 5%
@@ -47,6 +55,17 @@ STORE = os.path.join(HERE, "results", "imp")
 SEEDS = (0, 1, 2)
 DATA = ("digits", "mnist1d")
 RATES = (0.01, 0.03, 0.1, 0.3)
+FULL_ZIP = "../shared/datasets/cifar10-jpeg.zip"
+CIFAR_SUBSET = os.path.join("runs", "cifar", "cifar10-train10k.zip")
+
+
+def write_subset() -> None:
+  """The 10k-image class-balanced train subset (all 10k test images) of the CIFAR runs."""
+  import cifar_results  # noqa: E402  (benchmarks/ is on sys.path)
+  path = os.path.join(REPO, CIFAR_SUBSET)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  cifar_results.make_subset(os.path.join(REPO, FULL_ZIP), path, train_per_class=1000,
+                            test_per_class=0, seed=0)
 
 
 def runs() -> dict[str, list[str]]:
@@ -59,6 +78,10 @@ def runs() -> dict[str, list[str]]:
           f"--config=configs/ticket_vs_finetune_quick.py:{ds}", f"--config.seed={seed}",
           f"--config.ticket_vs_finetune.learning_rates=({','.join(map(str, RATES))})",
           "--config.progress_bar=False"]
+  for seed in SEEDS:
+    out[f"imp_cifar10_s{seed}"] = [
+        f"--config=configs/imp_conv_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
+        f"--config.seed={seed}", "--config.progress_bar=False"]
   return out
 
 
@@ -72,6 +95,8 @@ def store(root: str, name: str) -> None:
 
 
 def run(names, root: str) -> None:
+  if any("cifar10" in n for n in names) and not os.path.exists(os.path.join(REPO, CIFAR_SUBSET)):
+    write_subset()
   ev.run(names, root, command, say_done=False, after=store)
 
 
@@ -90,8 +115,9 @@ def collect(root: str) -> str:
   lines: list[str] = []
 
   # Only data sets with finished runs get a panel.
-  imp_ds = [ds for ds in DATA if any(S[f"imp_{ds}_s{s}"] for s in SEEDS)] or [DATA[0]]
-  tvf_ds = [ds for ds in DATA if any(S[f"tvf_{ds}_s{s}"] for s in SEEDS)] or [DATA[0]]
+  imp_ds = [ds for ds in (*DATA, "cifar10")
+            if any(S.get(f"imp_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
+  tvf_ds = [ds for ds in DATA if any(S.get(f"tvf_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
 
   # ---- IMP: accuracy against sparsity, ticket / re-init / random pruning.
   fig, axs = plt.subplots(1, len(imp_ds), figsize=(5 * len(imp_ds), 3.8), squeeze=False)
@@ -201,13 +227,15 @@ def collect(root: str) -> str:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("action", choices=["commands", "run", "collect", "store"])
+  ap.add_argument("action", choices=["commands", "run", "collect", "store", "subset"])
   ap.add_argument("names", nargs="*")
   ap.add_argument("--root", default=os.path.join("runs", "imp_results"),
                   help="relative paths are relative to the repository root")
   args = ap.parse_args()
   if args.action == "commands":
     ev.print_commands(runs(), args.root, command)
+  elif args.action == "subset":
+    write_subset()
   elif args.action == "run":
     run(args.names or list(runs()), args.root)
   elif args.action == "store":

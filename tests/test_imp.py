@@ -475,7 +475,8 @@ def test_fields_added_since_a_run_at_their_defaults_do_not_block_its_resume():
 
 # ------------------------------------------------------------------ CIFAR configs
 CIFAR = [("imp_conv_cifar10", "conv2"), ("imp_conv_cifar10", "conv4"),
-         ("imp_conv_cifar10", "conv6"), ("imp_resnet20_cifar10", ""),
+         ("imp_conv_cifar10", "conv6"), ("imp_conv_cifar10", "conv2,subset"),
+         ("imp_resnet20_cifar10", ""),
          ("ticket_vs_finetune_cifar10", "vgg19"),
          ("ticket_vs_finetune_cifar10", "mobilenet_v2")]
 
@@ -517,8 +518,9 @@ def test_cifar_configs_build_on_tiny_data(tmp_path, name, arg):
   if c.imp.scope == "layerwise":
     sizes = {mask_algebra.path_str(p): w.size
              for p, w in jax.tree_util.tree_flatten_with_path(params)[0]}
+    own = dict(c.imp.layer_fractions)   # the conv nets: ("conv", q_conv), ("fc3", q_out)
     for leaf, n in counts.items():
-      q = 0.1 if ("conv" in leaf or leaf == "fc3/kernel") else 0.2
+      q = next((own[pat] for pat in own if pat in leaf), c.imp.prune_fraction)
       assert n == mask_algebra.prune_count(q, sizes[leaf]), leaf
 
 
