@@ -472,14 +472,19 @@ def collect_full(root: str, dense: float | None) -> str:
   for arm, label, color in (("jackpot", "jackpot (scores only)", "C0"),
                             ("finetune", "magnitude + fine-tune", "C1"),
                             ("random", "random-init search", "C2")):
-    curves = [eval_curve(S[n]) for n in (f"full/{arm}90_s{s}" for s in FULL_SEEDS) if S.get(n)]
-    if not curves:
+    summaries = [S[n] for n in (f"full/{arm}90_s{s}" for s in FULL_SEEDS) if S.get(n)]
+    if not summaries:
       continue
-    common = sorted(set.intersection(*(set(st for st, _ in c) for c in curves)))
-    vals = np.asarray([[dict(c)[st] for st in common] for c in curves]) * 100
-    ax.plot(common, vals.mean(0), "o-", ms=3, color=color, label=f"{label} (n={len(curves)})")
+    # Evaluations every half epoch land on step floor(k * 97.5) and every epoch on
+    # k * 195: key each point by its half-epoch so that the seeds line up.
+    spe = summaries[0]["steps"] / summaries[0]["epochs"]
+    curves = [{round(2 * st / spe) / 2: a for st, a in eval_curve(s)} for s in summaries]
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    x = [e * spe for e in common]
+    vals = np.asarray([[c[e] for e in common] for c in curves]) * 100
+    ax.plot(x, vals.mean(0), "o-", ms=3, color=color, label=f"{label} (n={len(curves)})")
     if len(curves) > 1:
-      ax.fill_between(common, vals.min(0), vals.max(0), color=color, alpha=0.2)
+      ax.fill_between(x, vals.min(0), vals.max(0), color=color, alpha=0.2)
   if dense is not None:
     ax.axhline(100 * dense, color="gray", ls="--", label="dense")
   ax.set_xlabel("search / fine-tune step (batch 256)")
