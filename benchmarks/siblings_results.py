@@ -7,9 +7,12 @@ shared epochs k and against chance; union vs intersection vs one-shot accuracy.
 
 Runs: `configs/siblings_sweep.py` (k in {0, 1, 2, 5}, S = 4 siblings in one vmapped
 program, one-shot global magnitude masks at 80% and 90%, union / intersection /
-one-shot retrained from theta_k) on scikit-learn digits, seeds 0, 1, 2 (`--config.seed`:
-the shared initialisation and the siblings' data orders), and on MNIST-1D (seed 0).
-Workdirs under `--root` (default runs/siblings).
+one-shot retrained from theta_k) on scikit-learn digits and on MNIST-1D, seeds 0, 1, 2
+(`--config.seed`: the shared initialisation and the siblings' data orders); and the
+MNIST-1D sweep with S = 10 siblings (`mnist1d_S10_s<seed>`, `--config.siblings.count=10`).
+Workdirs under `--root` (default runs/siblings); `run` copies each finished summary
+into benchmarks/results/siblings/ (committed; `collect --root benchmarks/results/siblings`
+rebuilds the tables from them).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ def runs() -> dict[str, list[str]]:
   for seed in (0, 1, 2):
     out[f"digits_s{seed}"] = ["--config=configs/siblings_sweep.py", f"--config.seed={seed}",
                               "--config.progress_bar=False"]
-  out["mnist1d_s0"] = ["--config=configs/siblings_sweep.py:mnist1d", "--config.seed=0",
-                       "--config.progress_bar=False"]
+  for seed in (0, 1, 2):
+    out[f"mnist1d_s{seed}"] = ["--config=configs/siblings_sweep.py:mnist1d",
+                               f"--config.seed={seed}", "--config.progress_bar=False"]
+  for seed in (0, 1, 2):
+    out[f"mnist1d_S10_s{seed}"] = out[f"mnist1d_s{seed}"] + ["--config.siblings.count=10"]
   return out
 
 
@@ -39,8 +45,12 @@ def command(name: str, root: str) -> list[str]:
   return ev.command(runs()[name], root, name)
 
 
+STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "siblings")
+
+
 def run(names, root: str) -> None:
-  ev.run(names, root, command, skip_done=False)
+  ev.run(names, root, command, skip_done=False,
+         after=lambda root, name: ev.store(root, name, STORE))
 
 
 def _ms(xs):
@@ -50,10 +60,13 @@ def _ms(xs):
 def collect(root: str) -> str:
   plt = ev.pyplot()
   S = {n: ev.load(n, root) for n in runs()}
-  groups = {"digits": [S[f"digits_s{s}"] for s in (0, 1, 2) if S[f"digits_s{s}"]],
-            "mnist1d": [S["mnist1d_s0"]] if S["mnist1d_s0"] else []}
+  groups = {ds: [S[f"{pre}_s{s}"] for s in (0, 1, 2) if S[f"{pre}_s{s}"]]
+            for ds, pre in (("digits", "digits"), ("mnist1d", "mnist1d"),
+                            ("mnist1d, S = 10", "mnist1d_S10"))}
+  groups = {ds: g for ds, g in groups.items() if g} or {"digits": []}
   lines = []
-  fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
+  fig, axs = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+  axs = axs[0]
   for ax, (ds, summaries) in zip(axs, groups.items()):
     if not summaries:
       continue
