@@ -485,6 +485,106 @@ def test_releasing_memory_is_a_no_op_without_glibc(monkeypatch):
   assert checkpoint.release_free_memory() is on_glibc
 
 
+def _per_leaf(monkeypatch):
+  """Saves as every checkpoint was written before packing: one array per leaf."""
+  from lottery_jax.engine import checkpoint
+  monkeypatch.setattr(checkpoint, "pack", lambda state, host: None)
+
+
+def _same_bytes(a, b):
+  import jax
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    x, y = np.asarray(x), np.asarray(y)
+    assert (x.dtype, x.shape, x.tobytes()) == (y.dtype, y.shape, y.tobytes())
+
+
+def test_the_state_is_saved_packed_and_restores_bit_for_bit(tmp_path, monkeypatch):
+  """The state item holds one array per dtype (Orbax/TensorStore leave memory behind
+  per array saved: docs/reliability.md, "Soak"); `restore` gives back every leaf
+  bit for bit on its target's sharding, and `restore_host` the same tree as a
+  per-leaf checkpoint (dicts for dataclasses and named tuples, lists for tuples,
+  empty nodes as Orbax restores them)."""
+  import jax
+  import optax
+  from lottery_jax.engine import checkpoint
+  r = loop.build(run_cfg())
+  ckpt = Checkpointer(tmp_path / "packed", keep=2)
+  ckpt.save(1, r.state, {"step": 1}, {"step": 1})
+  ckpt.wait()
+  ckpt.close()
+  meta = json.loads((tmp_path / "packed" / "1" / "meta" / "metadata").read_text())
+  layout = meta[checkpoint.PACKED_KEY]
+  assert len(layout["leaves"]) == len(jax.tree.leaves(r.state)) > 20
+  dtypes = {name for name, _ in layout["leaves"]}
+  stored = json.loads((tmp_path / "packed" / "1" / "state" / "_METADATA").read_text())
+  assert sorted(stored["tree_metadata"]) == [f"('{d}',)" for d in sorted(dtypes)]
+  ckpt = Checkpointer(tmp_path / "packed", keep=2)
+  state, data, _ = ckpt.restore(1, r.state)
+  ckpt.close()
+  _same_bytes(state, r.state)
+  assert data == {"step": 1}
+  assert all(x.sharding == y.sharding for x, y in
+             zip(jax.tree.leaves(state), jax.tree.leaves(r.state)))
+
+  tree = {"state": r.state, "dict": {}, "list": [], "tuple": (), "none": None,
+          "empty_state": optax.EmptyState(), "pair": (np.ones(2, np.float16), np.int8(3)),
+          "bf16": jax.numpy.arange(3, dtype=jax.numpy.bfloat16)}
+  host = {}
+  for kind in ("packed", "per_leaf"):
+    if kind == "per_leaf":
+      _per_leaf(monkeypatch)
+    ckpt = Checkpointer(tmp_path / f"host_{kind}", keep=2)
+    ckpt.save(2, tree, {"step": 2}, {"step": 2})
+    ckpt.wait()
+    ckpt.close()
+    ckpt = Checkpointer(tmp_path / f"host_{kind}", keep=2)
+    host[kind], _, meta = ckpt.restore_host(2)
+    ckpt.close()
+    assert (checkpoint.PACKED_KEY in meta) == (kind == "packed")
+  _same_bytes(host["packed"], host["per_leaf"])
+  assert host["packed"]["tuple"] == () and host["packed"]["empty_state"] is None
+
+
+def test_a_per_leaf_checkpoint_still_restores_and_resumes_bitwise(straight, tmp_path,
+                                                                  monkeypatch):
+  """Checkpoints written before packing (one array per leaf, no `state_packed` in
+  their meta) restore as before: a run interrupted at step 5 under the old layout
+  resumes under the new one and ends bitwise equal to the uninterrupted run, its
+  later checkpoints packed."""
+  from lottery_jax.engine import checkpoint
+  workdir = str(tmp_path)
+  _per_leaf(monkeypatch)
+  with interrupted_at(5, monkeypatch), pytest.raises(Interrupt):
+    loop.run(run_cfg(), workdir)
+  monkeypatch.undo()
+  ckpt = Checkpointer(tmp_path / "checkpoints", keep=None, create=False)
+  assert checkpoint.PACKED_KEY not in ckpt.read_meta(4)
+  ckpt.close()
+  loop.run(run_cfg(), workdir)
+  assert_same_results(straight, workdir)
+  ckpt = Checkpointer(tmp_path / "checkpoints", keep=None, create=False)
+  assert checkpoint.PACKED_KEY in ckpt.read_meta(8)
+  ckpt.close()
+
+
+@pytest.mark.parametrize("path,step", [
+    ("benchmarks/runs/cifar/full/jackpot90_T_s0/finetune/checkpoints", 195)])
+def test_a_committed_per_leaf_checkpoint_reads_back(path, step):
+  """A checkpoint committed before packing (a ResNet's 337 leaves) still reads back
+  through `restore_host`, digest checked."""
+  directory = os.path.join(REPO, path)
+  if not os.path.isdir(os.path.join(directory, str(step))):
+    pytest.skip(f"{path} is not in this checkout")
+  ckpt = Checkpointer(directory, keep=None, create=False)
+  try:
+    state, data, meta = ckpt.restore_host(step)
+  finally:
+    ckpt.close()
+  assert data["step"] == step and "state_packed" not in meta
+  assert len(flat(state)) == len(meta["state_crc32"])
+
+
 # ----------------------------------------------------------------- 17.4 disk full
 @pytest.fixture
 def small_disk(tmp_path):
