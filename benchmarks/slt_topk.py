@@ -1,7 +1,7 @@
 """The top-k mask update's share of a strong-ticket search step (issue 15.6).
 
 Run:  python benchmarks/slt_topk.py [--model resnet18] [--batch 128] [--repeats 5]
-      [--sizes 14,16,18,20,22]
+      [--sizes 14,16,18,20,22] [--siblings S] [--leaves-only]
 
 Both steps come from `lottery_jax.engine.loop.build` on the "strong_ticket" program
 (random weights, p = r = 0.25, 50% sparsity, uniform) and differ only in the update
@@ -17,20 +17,16 @@ batch 128. The zoo's ResNet-18 has the ImageNet stem (32x32 inputs are 8x8 by th
 first stage), so its step is cheaper than a CIFAR-stem ResNet-18's and the update's
 share here is an upper bound for the latter.
 
-Since commit 389212b/3089ba4 the selection (masks._smallest) folds the partition
-into the keys, stops the bisection at a threshold with exactly k keys at or below
-it, and ranks ties with a cumulative sum only when some ties at the threshold must
-stay; the previous selection is kept below and timed beside it (the step with it,
-the rule alone, each leaf size; the masks are checked equal). BENCHMARKS.md
-("Strong tickets: the top-k mask update") holds the numbers.
-
-Measured (2026-12-02 21:20 UTC, 2-core CPU at load ~17 from other jobs, one XLA:CPU
-device, `python benchmarks/slt_topk.py --repeats 9`; 11,172,032 masked weights):
-the rule alone 612 ms (current) vs 740 ms (previous) against a 5.9 s step: 10.4%
-and 11.2% of it; one leaf 1.65-2.9x faster (2^14 to 2^22 entries, 9 to 24 ns per
-entry now). The steps' own difference (top-k minus fixed masks) was below the
-noise of this load (-0.7% current, +10.7% previous). The 5% goal is not met on
-this CPU. Not measured on an accelerator (none lent to this task).
+The library's selection (masks._smallest, a bisection on uint32 keys: 24-28 counting
+passes) is timed beside a candidate kept in this file only, an exact radix selection
+(`_smallest_radix`: a sampled guess of the k-th key's range, then two or three
+histogram passes, ties ranked by a histogram of their flat indices): the step with
+each, the rule alone, each leaf size; the masks are checked equal. Every timing is
+reported as wall / CPU time of this process (all its threads), medians of interleaved
+repeats; on a machine loaded by other jobs the CPU times are the steadier figure.
+`--leaves-only` skips the ResNet steps; `--siblings S` vmaps the one-leaf timings over
+S copies (the sibling axis). BENCHMARKS.md ("Strong tickets: the top-k mask update")
+holds the numbers and why the candidate is not in the library.
 """
 
 from __future__ import annotations
@@ -61,39 +57,122 @@ _SYNTHETIC = search_step._SYNTHETIC
 _SYNTHETIC.update(shape=(32, 32, 3), classes=10, examples=256)
 
 
-# The selection as it was up to commit 2e39df8, kept here to time it beside the
-# current one: 32 bisection passes always, the partition's searchable set and-ed
-# into every pass, then a cumulative sum over every entry to rank the ties at the
-# threshold. The current one folds the partition into the keys, stops the bisection
-# at a threshold with exactly k keys at or below it, and runs the cumulative sum
-# only when some ties at the threshold must stay (masks._smallest).
-def _previous_keep_from_keys(keys, k, codes):
-  def kth_smallest_key(keys, k, sel):
-    def body(_, carry):
-      lo, hi = carry
-      mid = lo + (hi - lo) // 2
-      le = keys <= mid
-      if sel is not None:
-        le = le & sel
-      ok = jnp.sum(le, dtype=jnp.int32) >= k
-      return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
-    return lo
+# A candidate selection, NOT in the library (see BENCHMARKS.md, "Strong tickets: the
+# top-k mask update"): exact, the same masks as masks._smallest (the bisection), kept
+# here to time it beside the bisection. The benchmark's "previous" variant below runs
+# it (the names date from when "previous" was the older bisection); printed as "radix".
+_bisection = mask_algebra._smallest
 
-  def smallest(keys, k, sel=None):
-    t = kth_smallest_key(keys, k, sel)
-    below, equal = keys < t, keys == t
-    if sel is not None:
-      below, equal = below & sel, equal & sel
-    remaining = k - jnp.sum(below, dtype=jnp.int32)
-    tie_rank = jnp.cumsum(equal, dtype=jnp.int32)
-    return below | (equal & (tie_rank <= remaining))
-  if codes is None:
-    return ~smallest(keys, k)
-  frozen, search = codes == mask_algebra.PRUNED, codes == mask_algebra.SEARCHABLE
-  k_search = jnp.clip(k - jnp.sum(frozen, dtype=jnp.int32), 0,
-                      jnp.sum(search, dtype=jnp.int32))
-  return ~(frozen | smallest(keys, k_search, search))
+
+# The candidate radix selection (`_smallest_radix`, on leaves of at least `_RADIX_MIN`
+# entries; below, the library's bisection). Each
+# pass histograms the keys of the current key range [lo, hi] into 2^_RADIX_BITS bins
+# (one scatter-add; keys below lo and above hi get a bin each, so the counts are
+# absolute) and narrows the range to the bin holding the k-th smallest key: 32 bits
+# take 3 passes from the full range. A sorted strided sample of `_SAMPLE` keys gives
+# a first range that holds the k-th key with high probability and spans ~2^19-2^21
+# keys on random scores: 2 passes then. A wrong guess costs one pass (the k-th key
+# is then in the bin below lo or above hi, whose range the next pass takes), so the
+# result never depends on the sample. Ties at the k-th key are ranked the same way,
+# a histogram of their flat indices in 2^_RADIX_BITS blocks, then a cumulative sum
+# inside one block, instead of a cumulative sum over every entry.
+_RADIX_BITS = 11
+_SAMPLE = 4096
+_SAMPLE_SD = 4.0  # half-width of the sampled range, in standard deviations
+_RADIX_MIN = 1 << 15
+
+
+def _sampled_range(keys: jax.Array, k):
+  """[lo, hi]: likely to hold the k-th smallest key (quantiles of a strided sample)."""
+  n = keys.shape[0]
+  sample = jnp.sort(keys[::max(1, n // _SAMPLE)])
+  m = sample.shape[0]
+  pos = k.astype(jnp.float32) * np.float32(m / n)
+  half = np.float32(_SAMPLE_SD * 0.5 * np.sqrt(m) + 2)  # sd of a quantile <= sqrt(m)/2
+  i_lo = jnp.floor(pos - half).astype(jnp.int32)
+  i_hi = jnp.ceil(pos + half).astype(jnp.int32)
+  lo = jnp.where(i_lo <= 0, jnp.uint32(0), sample[jnp.clip(i_lo, 0, m - 1)])
+  hi = jnp.where(i_hi >= m - 1, jnp.uint32(mask_algebra._U32_MAX), sample[jnp.clip(i_hi, 0, m - 1)])
+  return lo, hi
+
+
+def _histogram(bins: jax.Array, size: int) -> jax.Array:
+  return jnp.zeros(size, jnp.int32).at[bins].add(1, mode="promise_in_bounds")
+
+
+def _kth_smallest_radix(keys: jax.Array, k, lo, hi):
+  """(t, n_below, n_equal) with n_below = #{keys < t} < k <= n_below + n_equal and
+  n_equal = #{keys == t} (t the k-th smallest key), or (t, k, 0) where exactly k keys
+  are <= t; (0, 0, 0) for k = 0. [lo, hi] is a guess only."""
+  nb = 1 << _RADIX_BITS
+
+  def cond(carry):
+    return ~carry[2]
+
+  def body(carry):
+    lo, hi, _, _, _, _ = carry
+    shift = jnp.maximum(32 - jax.lax.clz(hi - lo) - _RADIX_BITS, 0).astype(jnp.uint32)
+    inner = ((keys - lo) >> shift).astype(jnp.int32) + 1  # in [1, nb] for keys in range
+    hist = _histogram(jnp.where(keys < lo, 0, jnp.where(keys > hi, nb + 1, inner)), nb + 2)
+    cum = jnp.cumsum(hist)
+    j = jnp.sum(cum < k, dtype=jnp.int32)  # the bin of the k-th smallest key
+    at_j, up_to_j = hist[j], cum[j]
+    bin_lo = lo + ((j.astype(jnp.uint32) - 1) << shift)
+    bin_hi = bin_lo + jnp.minimum((jnp.uint32(1) << shift) - 1, hi - bin_lo)
+    lo = jnp.where(j == 0, jnp.uint32(0), jnp.where(j == nb + 1, hi + 1, bin_lo))
+    hi = jnp.where(j == 0, lo - 1, jnp.where(j == nb + 1, jnp.uint32(mask_algebra._U32_MAX), bin_hi))
+    exact = up_to_j == k  # exactly k keys <= hi: they are the k smallest
+    return (lo, hi, exact | (lo == hi), jnp.where(exact, hi, lo),
+            jnp.where(exact, k, up_to_j - at_j), jnp.where(exact, 0, at_j))
+
+  zero = jnp.int32(0)
+  carry = (lo, hi, k <= 0, jnp.uint32(0), zero, zero)
+  _, _, _, t, n_below, n_equal = jax.lax.while_loop(cond, body, carry)
+  return t, n_below, n_equal
+
+
+def _lowest_ties(keys: jax.Array, t, remaining) -> jax.Array:
+  """keys < t, and the `remaining` (>= 1) ties at t of lowest flat index."""
+  n = keys.shape[0]
+  shift = max(0, (n - 1).bit_length() - _RADIX_BITS)
+  block = 1 << shift
+  n_blocks = -(-n // block)
+  iota = jax.lax.iota(jnp.int32, n)
+  equal = keys == t
+  hist = _histogram(jnp.where(equal, iota >> shift, n_blocks), n_blocks + 1)
+  cum = jnp.cumsum(hist)
+  j = jnp.sum(cum < remaining, dtype=jnp.int32)  # the block of the last tie that goes
+  start = jnp.minimum(j * block, n - block)
+  pos = start + jax.lax.iota(jnp.int32, block)
+  tie = (jax.lax.dynamic_slice(keys, (start,), (block,)) == t) & (pos >= j * block)
+  rank = cum[j] - hist[j] + jnp.cumsum(tie, dtype=jnp.int32)
+  cut = start + jnp.argmax(rank >= remaining).astype(jnp.int32)
+  return (keys < t) | (equal & (iota <= cut) & (remaining > 0))
+
+
+def _smallest_radix(keys: jax.Array, k) -> jax.Array:
+  """Flat bool: the k entries of smallest (key, flat index)."""
+  if keys.shape[0] < _RADIX_MIN:
+    return _bisection(keys, k)
+  k = jnp.asarray(k, jnp.int32)
+  t, n_below, n_equal = _kth_smallest_radix(keys, k, *_sampled_range(keys, k))
+  remaining = k - n_below
+
+  def every_tie(keys, t, remaining):
+    return (keys <= t) & (k > 0)
+
+  # Without ties at t (always with distinct scores) no ranking is needed; under vmap
+  # the cond becomes a select and both branches run.
+  return jax.lax.cond(n_equal == remaining, every_tie, _lowest_ties, keys, t, remaining)
+
+
+def _previous_keep_from_keys(keys, k, codes):
+  current = mask_algebra._smallest
+  mask_algebra._smallest = _smallest_radix
+  try:
+    return mask_algebra._keep_from_keys(keys, k, codes)
+  finally:
+    mask_algebra._smallest = current
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
@@ -105,7 +184,7 @@ def _previous_keep_flat(values, n, k, codes, kind):
 
 @contextlib.contextmanager
 def previous_selection():
-  """While active, functions traced for the first time use the previous selection."""
+  """While active, functions traced for the first time use the radix candidate."""
   current = mask_algebra._keep_flat
   mask_algebra._keep_flat = _previous_keep_flat
   try:
@@ -152,24 +231,18 @@ def _rule_alone(run):
   return apply
 
 
-def _median_s(fn, repeats: int) -> float:
+def _timed(fn):
+  """(wall, CPU time of this process over all its threads) of one call."""
+  w0, c0 = time.perf_counter(), time.process_time()
   jax.block_until_ready(fn())
-  out = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    out.append(time.perf_counter() - t0)
-  return statistics.median(out)
+  return time.perf_counter() - w0, time.process_time() - c0
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--model", default="resnet18")
-  ap.add_argument("--batch", type=int, default=128)
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--sizes", default="14,16,18,20,22")
-  args = ap.parse_args(argv)
-  _SYNTHETIC["examples"] = 2 * args.batch
+def _medians(pairs):
+  return tuple(statistics.median(x) for x in zip(*pairs))
+
+
+def _steps(args):
   mesh = loop.make_mesh(jax.devices()[:1])
   with jax.transfer_guard("allow"):
     runs = {v: loop.build(config(args.model, args.batch, "fixed" if v == "fixed" else "topk"),
@@ -199,66 +272,80 @@ def main(argv=None):
   times = {v: [] for v in runs}
   for _ in range(args.repeats):
     for v in runs:
-      t0 = time.perf_counter()
-      jax.block_until_ready(step(v)())
-      times[v].append(time.perf_counter() - t0)
-  med = {k: statistics.median(v) for k, v in times.items()}
+      times[v].append(_timed(step(v)))
+  med = {k: _medians(v) for k, v in times.items()}
   st = states["topk"]
   alone = _rule_alone(runs["topk"])
   alone_prev = _rule_alone(runs["topk_previous"])
   scores, masks, part = (jax.tree.map(jnp.copy, t) for t in (st.scores, st.masks,
                                                                st.partition))
-  rule_t = {"current": [], "previous": []}
-  for fn, name in ((alone, "current"), (alone_prev, "previous")):
-    with previous_selection() if name == "previous" else contextlib.nullcontext():
-      jax.block_until_ready(fn(scores, masks, part))
+  rule_t = {"bisection": [], "radix": []}
+  outs = {}
+  for fn, name in ((alone, "bisection"), (alone_prev, "radix")):
+    with previous_selection() if name == "radix" else contextlib.nullcontext():
+      outs[name] = jax.block_until_ready(fn(scores, masks, part))
+  jax.tree.map(np.testing.assert_array_equal, outs["bisection"], outs["radix"])
   for _ in range(args.repeats):
-    for fn, name in ((alone, "current"), (alone_prev, "previous")):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(scores, masks, part))
-      rule_t[name].append(time.perf_counter() - t0)
-  rule_s = {k: statistics.median(v) for k, v in rule_t.items()}
+    for fn, name in ((alone, "bisection"), (alone_prev, "radix")):
+      rule_t[name].append(_timed(lambda: fn(scores, masks, part)))
+  rule_s = {k: _medians(v) for k, v in rule_t.items()}
+  print("medians, wall / CPU time of this process (all threads; steadier on a loaded "
+        "machine):")
   for v in ("topk", "topk_previous"):
-    label = "current" if v == "topk" else "previous"
-    print(f"step with top-k update ({label} selection): {med[v] * 1e3:.1f} ms; with fixed "
-          f"masks: {med['fixed'] * 1e3:.1f} ms; difference "
-          f"{100 * (med[v] - med['fixed']) / med[v]:.1f}% of the step")
-    print(f"  top-k rule alone ({label}, jitted, same scores): {rule_s[label] * 1e3:.1f} ms "
-          f"= {100 * rule_s[label] / med[v]:.1f}% of that step")
+    label = "bisection" if v == "topk" else "radix"
+    (w, c), (fw, fc), (rw, rc) = med[v], med["fixed"], rule_s[label]
+    print(f"step with top-k update ({label} selection): {w * 1e3:.1f} / {c * 1e3:.1f} ms; "
+          f"with fixed masks: {fw * 1e3:.1f} / {fc * 1e3:.1f} ms; difference "
+          f"{100 * (w - fw) / w:.1f}% / {100 * (c - fc) / c:.1f}% of the step")
+    print(f"  top-k rule alone ({label}, jitted, same scores): {rw * 1e3:.1f} / "
+          f"{rc * 1e3:.1f} ms = {100 * rw / w:.1f}% / {100 * rc / c:.1f}% of that step")
+  print(f"  rule alone bisection/radix: {rule_s['bisection'][0] / rule_s['radix'][0]:.2f}x "
+        f"wall, {rule_s['bisection'][1] / rule_s['radix'][1]:.2f}x CPU")
 
-  print("top-k alone on one leaf of n entries (p = r = 0.25, 50% sparsity), current vs "
-        "previous selection (interleaved), and the bisection alone:")
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--model", default="resnet18")
+  ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--sizes", default="14,16,18,20,22")
+  ap.add_argument("--siblings", type=int, default=0,
+                  help="one-leaf timings vmapped over this many copies (0: no vmap)")
+  ap.add_argument("--leaves-only", action="store_true", help="skip the ResNet steps")
+  args = ap.parse_args(argv)
+  _SYNTHETIC["examples"] = 2 * args.batch
+  if not args.leaves_only:
+    _steps(args)
+  sib = f", vmapped over {args.siblings} copies" if args.siblings else ""
+  print(f"top-k alone on one leaf of n entries (p = r = 0.25, 50% sparsity{sib}), bisection "
+        "(the library's) vs radix candidate (interleaved), wall / CPU medians:")
   for k in (int(s) for s in args.sizes.split(",")):
     n = 2 ** k
     key = jax.random.PRNGKey(k)
     leaf = {"w": jnp.zeros((n // 64, 64))}
     codes = mask_algebra.freeze(key, leaf, 0.25, 0.25, where=lambda p, x: True)["w"]
-    score = jax.random.normal(key, leaf["w"].shape)
     prune = mask_algebra.prune_count(0.5, n)
-    cur = jax.jit(lambda s, c: programs._topk_leaf(jnp.abs(s), prune, c))
-    prev = jax.jit(lambda s, c: programs._topk_leaf(jnp.abs(s), prune, c))
-    keys = jnp.where(codes.ravel() == mask_algebra.SEARCHABLE,
-                     mask_algebra._order_keys(jnp.abs(score)), jnp.uint32(0xFFFFFFFF))
-    k_search = jnp.int32(prune - int(jnp.sum(codes == mask_algebra.PRUNED)))
-    bis = jax.jit(lambda kk, ks: mask_algebra._kth_smallest_key(kk, ks, None))
+    one = lambda s, c: programs._topk_leaf(jnp.abs(s), prune, c)  # noqa: E731
+    if args.siblings:
+      score = jax.random.normal(key, (args.siblings,) + leaf["w"].shape)
+      one = jax.vmap(one, in_axes=(0, None))
+    else:
+      score = jax.random.normal(key, leaf["w"].shape)
+    cur, prev = jax.jit(one), jax.jit(one)
     with previous_selection():
       m_prev = jax.block_until_ready(prev(score, codes))
     np.testing.assert_array_equal(cur(score, codes), m_prev)
-    jax.block_until_ready(bis(keys, k_search))
-    t = {"current": [], "previous": [], "bisection": []}
+    t = {"current": [], "previous": []}
     for _ in range(args.repeats):
       for name, fn in (("current", lambda: cur(score, codes)),
-                       ("previous", lambda: prev(score, codes)),
-                       ("bisection", lambda: bis(keys, k_search))):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        t[name].append(time.perf_counter() - t0)
-    m = {name: statistics.median(v) for name, v in t.items()}
-    print(f"  n = 2^{k:<2d} = {n:>10,}: current {m['current'] * 1e3:8.2f} ms "
-          f"({m['current'] / n * 1e9:5.1f} ns/entry)  previous {m['previous'] * 1e3:8.2f} ms "
-          f"({m['previous'] / n * 1e9:5.1f} ns/entry)  bisection alone "
-          f"{m['bisection'] * 1e3:8.2f} ms  previous/current "
-          f"{m['previous'] / m['current']:.2f}x", flush=True)
+                       ("previous", lambda: prev(score, codes))):
+        t[name].append(_timed(fn))
+    m = {name: _medians(v) for name, v in t.items()}
+    (cw, cc), (pw, pc) = m["current"], m["previous"]
+    print(f"  n = 2^{k:<2d} = {n:>10,}: bisection {cw * 1e3:8.2f} / {cc * 1e3:8.2f} ms "
+          f"({cc / n * 1e9:5.1f} ns/entry CPU)  radix {pw * 1e3:8.2f} / {pc * 1e3:8.2f} ms "
+          f"({pc / n * 1e9:5.1f} ns/entry CPU)  bisection/radix {cw / pw:.2f}x wall, "
+          f"{cc / pc:.2f}x CPU", flush=True)
 
 
 if __name__ == "__main__":
