@@ -92,7 +92,7 @@ def test_auto_is_xla_unless_use_impl_says_otherwise(monkeypatch):
   assert not hasattr(conv, "ENV_VAR")
   assert conv.resolve_impl("xla") == "xla"
   with pytest.raises(ValueError, match="conv impl"):
-    conv.resolve_impl("im2col")
+    conv.resolve_impl("winograd")
 
 
 def test_use_impl_scope():
@@ -110,7 +110,7 @@ def test_use_impl_scope():
       raise KeyError("inside the block")
   assert conv.resolve_impl() == "xla"                   # restored after an exception
   with pytest.raises(ValueError, match="conv impl"):
-    with conv.use_impl("im2col"):
+    with conv.use_impl("winograd"):
       pass
   # The lowering is fixed when a function is traced, not when it runs: jit's trace cache
   # keeps it (so trace inside the block, as the engine's `_traced_with` does).
@@ -454,3 +454,136 @@ def test_a_failing_registration_names_the_conv(monkeypatch):
   with pytest.raises(conv.ConvolutionError,
                      match=r"could not register.*forward conv x\(1, 7, 7, 2\).*no FFI here"):
     _failing_conv_fn().lower(jnp.ones((1, 7, 7, 2)), jnp.ones((3, 3, 2, 2)))
+
+
+# ------------------------------------------------------------------------- "im2col"
+_U32 = 2.0 ** -24   # float32 unit roundoff
+
+
+def _zoo_convs():
+  """Every distinct convolution of the registered models, as traced (abstractly) by
+  `model.init` under `use_impl("im2col")`: (input shape without batch, kernel shape,
+  strides, padding, kernel dilation, dimension numbers, feature groups)."""
+  seen = {}
+  real = conv.conv_im2col
+
+  def record(lhs, rhs, strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, *rest):
+    pad = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    seen[(lhs.shape[1:], rhs.shape, tuple(strides), pad, tuple(rhs_dilation or ()), dn,
+          feature_group_count)] = None
+    return real(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, *rest)
+
+  conv.conv_im2col = record
+  try:
+    for name in models.names():
+      spec = models.spec(name)
+      model = models.get(name, num_classes=10)
+      with conv.use_impl("im2col"):
+        jax.eval_shape(lambda m=model, s=spec: m.init(
+            jax.random.key(0), jnp.zeros((1, *s.input_shape)), train=False))
+  finally:
+    conv.conv_im2col = real
+  return list(seen)
+
+
+def _shrink(in_shape, w_shape, dn, groups, most=8):
+  """The same conv with at most `most` input/output channels (depthwise stays
+  depthwise) and spatial sizes over 9 cut to 8 or 9 (keeping the parity, which with
+  strides of 1-2 decides "SAME" padding and the last window): the structure (taps,
+  strides, padding, groups, layout) is what differs between the zoo's convs; the sum
+  lengths enter the tolerance."""
+  ins, ws = list(in_shape), list(w_shape)
+  for d in dn.lhs_spec[2:]:
+    ins[d - 1] = ins[d - 1] if ins[d - 1] <= 9 else 8 + ins[d - 1] % 2
+  ci, wi, wo = dn.lhs_spec[1] - 1, dn.rhs_spec[1], dn.rhs_spec[0]
+  if groups > 1:
+    assert groups == ins[ci] == ws[wo] and ws[wi] == 1, (in_shape, w_shape, groups)
+    groups = ins[ci] = ws[wo] = min(groups, most)
+  else:
+    ins[ci], ws[wi], ws[wo] = min(ins[ci], most), min(ws[wi], most), min(ws[wo], most)
+  return tuple(ins), tuple(ws), groups
+
+
+def _gamma(n):
+  return n * _U32 / (1 - n * _U32)
+
+
+def test_im2col_matches_lax_on_every_zoo_conv_under_vmap():
+  """`conv_im2col` = `lax.conv_general_dilated`, forward and both gradients, under
+  vmap over a sibling axis (per-copy inputs and kernels), for every distinct conv of
+  the model zoo (channels capped at 8).
+
+  Tolerance from float32 rounding, elementwise: each output element is a sum of n
+  products (n = taps * C_in / groups for y, taps * C_out / groups for dx, N * Ho * Wo
+  for dw); any evaluation order in float32 is within gamma_n * sum|products| of the
+  exact sum (Higham, Accuracy and Stability, 2nd ed., eqs. 3.4-3.5, with
+  gamma_n = n u / (1 - n u), u = 2^-24), whatever the order or blocking; two orders
+  are within twice that of each other. sum|products| is the same conv (and vjp) on
+  |x|, |w|, |g|. A wrong tap, stride, pad or group gives errors of the size of the
+  values themselves, orders of magnitude above this bound."""
+  zoo = _zoo_convs()
+  assert len(zoo) > 40   # 88 on 2026-12-03: 1-D, 1x1/3x3/5/7x7, strides 1-2, depthwise
+  kinds = {(len(w), w[0], s[0], g > 1) for _, w, s, _, _, _, g in zoo}
+  assert {(3, 5, 2, False), (4, 7, 2, False), (4, 3, 2, True), (4, 1, 2, False)} <= kinds
+  configs = sorted({(*_shrink(i, w, dn, g), s, p, d, dn) for i, w, s, p, d, dn, g in zoo},
+                   key=str)
+  S, N = 2, 2
+  for i, (in_shape, w_shape, groups, strides, padding, dil, dn) in enumerate(configs):
+    ks = jax.random.split(jax.random.key(i), 3)
+    x = jax.random.normal(ks[0], (S, N, *in_shape), jnp.float32)
+    w = jax.random.normal(ks[1], (S, *w_shape), jnp.float32)
+
+    def fwd_bwd(fn):
+      def run(x, w, g):
+        y, vjp = jax.vjp(lambda x, w: fn(x, w, strides, padding, None, dil or None, dn,
+                                         groups), x, w)
+        return (y, *vjp(g))
+      return jax.jit(jax.vmap(run))
+
+    ref, new = fwd_bwd(lax.conv_general_dilated), fwd_bwd(conv.conv_im2col)
+    y_shape = jax.eval_shape(jax.vmap(lambda x, w: lax.conv_general_dilated(
+        x, w, strides, padding, None, dil or None, dn, groups)), x, w).shape
+    g = jax.random.normal(ks[2], y_shape, jnp.float32)
+    got, want = new(x, w, g), ref(x, w, g)
+    bounds = ref(jnp.abs(x), jnp.abs(w), jnp.abs(g))
+    taps = int(np.prod([w_shape[d] for d in dn.rhs_spec[2:]]))
+    c_in, c_out = w_shape[dn.rhs_spec[1]] * groups, w_shape[dn.rhs_spec[0]]
+    out_pixels = int(np.prod([y_shape[1 + d] for d in dn.out_spec[2:]]))
+    terms = (taps * c_in // groups, taps * c_out // groups, N * out_pixels)
+    for what, a, b, bound, n in zip(("y", "dx", "dw"), got, want, bounds, terms):
+      assert a.shape == b.shape, (what, a.shape, b.shape)
+      err = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+      tol = 2 * _gamma(n) * np.asarray(bound, np.float64)
+      assert np.all(err <= tol), (what, in_shape, w_shape, strides, padding, groups,
+                                  float(np.max(err - tol)))
+
+
+def test_im2col_under_vmap_is_batched_gemm():
+  """Under vmap with per-copy kernels no convolution is left (forward and both
+  gradients): dots with a batch dimension, not a grouped conv."""
+  x = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4, 5))
+
+  def loss(x, w):
+    y = conv.conv_general_dilated(x, w, (1, 1), "SAME",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), impl="im2col")
+    return jnp.sum(y ** 2)
+
+  text = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)))).lower(x, w).compile().as_text()
+  assert " convolution(" not in text
+  assert "lhs_batch_dims={0}" in text
+
+
+def test_im2col_refuses_what_it_does_not_implement():
+  x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
+  dn = ("NHWC", "HWIO", "NHWC")
+  with pytest.raises(ValueError, match="im2col.*lhs.*dilation"):
+    conv.conv_im2col(x, w, (1, 1), "SAME", lhs_dilation=(2, 2), dimension_numbers=dn)
+  with pytest.raises(ValueError, match="im2col.*batch_group_count"):
+    conv.conv_im2col(x, jnp.ones((3, 3, 2, 2)), (1, 1), "SAME", dimension_numbers=dn,
+                     batch_group_count=2)
+  with pytest.raises(ValueError, match="im2col.*feature_group_count=3"):
+    conv.conv_im2col(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=3)

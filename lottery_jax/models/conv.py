@@ -15,6 +15,12 @@ Every model conv goes through `conv_general_dilated` (plugged into
   residual input read through an optimisation barrier.
 * "barrier": XLA's forward and both gradient convs, with only the residual input
   read through an optimisation barrier (stops the recomputation described below).
+* "im2col": patches + one matmul in plain jnp, differentiated by JAX (`conv_im2col`;
+  any spatial rank, strides, padding, kernel dilation, feature groups). Under the
+  siblings' vmap each per-copy kernel becomes a batched GEMM instead of a grouped
+  convolution; measured slower than "unrolled" for siblings on the CPU
+  (`benchmarks/siblings.py`, BENCHMARKS.md), so, like "patches", "taps" and
+  "barrier", it is reachable through `use_impl` / `impl=` but not `config.model.conv`.
 
 "auto" (every model's default) is "xla" unless the conv is traced inside
 `use_impl(impl)`: the engine traces its train and eval steps inside
@@ -720,7 +726,7 @@ def _output_rows(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers) ->
   return lhs.shape[0] * ho * wo
 
 
-IMPLS = ("xla", "patches", "taps", "barrier", "torch", "unrolled")
+IMPLS = ("xla", "patches", "taps", "barrier", "torch", "unrolled", "im2col")
 # `use_impl`'s stack: (impl, the smallest dense conv in output rows it applies to).
 _override: list[tuple[str, int]] = []
 
@@ -806,7 +812,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   `resolve_impl`), "xla", "torch" (PyTorch's convolution as XLA:CPU custom calls),
   "patches" (im2col + matmul, matmul VJP), "taps" (XLA's forward and input
   gradient, weight gradient as per-tap GEMMs, residual read through an
-  optimisation barrier) or "barrier". Cases a lowering does not implement use
+  optimisation barrier), "barrier" or "im2col" (`conv_im2col`: raises ValueError for
+  what it does not implement). Cases the other lowerings do not implement use
   XLA's convolution: for "torch", anything but 2-D NHWC/HWIO float32/float64
   without input dilation or batch groups; for the others also kernel dilation and
   feature groups; `preferred_element_type` for all.
@@ -826,6 +833,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                             _hashable(lhs_dilation), _hashable(rhs_dilation),
                             _hashable(dimension_numbers), feature_group_count,
                             batch_group_count, _hashable(precision))(lhs, rhs)
+  elif impl == "im2col":
+    return conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                       dimension_numbers, feature_group_count, batch_group_count, precision,
+                       preferred_element_type)
   elif impl != "xla" and preferred_element_type is None and _patches_applicable(
       lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
       batch_group_count):
@@ -894,3 +905,76 @@ def _unrolled_conv(strides, padding, lhs_dilation, rhs_dilation, dimension_numbe
 
   f.defvjp(lambda x, w: (fwd(x, w), (x, w)), lambda res, g: bwd(*res, g))
   return f
+
+
+# ------------------------------------------------------------ "im2col" (siblings, CPU)
+def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` as im2col + one matmul in plain jnp, differentiated by
+  JAX (no custom VJP), for any number of spatial dims, strides, padding (explicit or
+  "SAME"/"VALID"), kernel dilation and feature groups.
+
+  The input is padded, the prod(kernel) shifted (strided, dilated) slices are
+  concatenated on the channel axis, and one `dot_general` with the kernel reshaped to
+  (prod(kernel) * C_in, C_out) (with groups: a `dot_general` batched over the groups)
+  gives the output. Under `jax.vmap` with a per-copy kernel (siblings) that `dot_general`
+  gains a batch dimension, a batched GEMM, where `lax.conv_general_dilated`'s batching
+  rule makes one grouped convolution (slow on XLA:CPU). Raises ValueError for input
+  dilation and batch groups (only the transposes of convolutions use them).
+  """
+  if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
+    raise ValueError(f"conv impl 'im2col' does not implement input (lhs) dilation, got "
+                     f"{tuple(lhs_dilation)}; use model.conv='xla'")
+  if batch_group_count != 1:
+    raise ValueError(f"conv impl 'im2col' does not implement batch_group_count="
+                     f"{batch_group_count}; use model.conv='xla'")
+  nd = lhs.ndim - 2
+  if nd < 1 or rhs.ndim != lhs.ndim:
+    raise ValueError(f"conv impl 'im2col' needs lhs and rhs of the same rank >= 3, got "
+                     f"{lhs.shape} and {rhs.shape}")
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  # To channels-last: lhs (N, *spatial, C), rhs (*spatial, I, O); no-ops for NHWC/HWIO.
+  x = lax.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+  w = lax.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+  strides = tuple(int(s) for s in window_strides)
+  dil = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
+  ksize = w.shape[:nd]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:-1], _window(ksize, dil), strides, padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  g = int(feature_group_count)
+  c, o = x.shape[-1], w.shape[-1]
+  if w.shape[-2] * g != c or o % g:
+    raise ValueError(f"conv impl 'im2col': kernel {rhs.shape} does not fit input {lhs.shape} "
+                     f"with feature_group_count={g}")
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                           (0, 0, 0)))
+  out = tuple(_out_size(size, k, s, 0, 0) for size, k, s
+              in zip(xp.shape[1:-1], _window(ksize, dil), strides))
+  if any(v <= 0 for v in out):
+    raise ValueError(f"conv impl 'im2col': empty output {out} for input {lhs.shape}")
+  n = x.shape[0]
+  cols = []
+  for tap in np.ndindex(*ksize):
+    start = tuple(t * d for t, d in zip(tap, dil))
+    cols.append(lax.slice(xp, (0, *start, 0),
+                          (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start, out, strides)),
+                           c),
+                          (1, *strides, 1)))
+  p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  taps = len(cols)
+  if g == 1:
+    y = lax.dot_general(p, w.reshape(taps * c, o), (((p.ndim - 1,), (0,)), ((), ())),
+                        precision=precision, preferred_element_type=preferred_element_type)
+  else:
+    cg, og = c // g, o // g
+    p = p.reshape(*p.shape[:-1], taps, g, cg)                 # (..., taps, g, cg)
+    wk = w.reshape(taps, cg, g, og)
+    # dot_general puts the batch dim (g) first: (g, N, *out, og).
+    y = lax.dot_general(p, wk, (((p.ndim - 3, p.ndim - 1), (0, 1)), ((p.ndim - 2,), (2,))),
+                        precision=precision, preferred_element_type=preferred_element_type)
+    y = jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], o)
+  # Back to the requested output layout.
+  inv = np.argsort((dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1]))
+  return lax.transpose(y, tuple(int(i) for i in inv))
