@@ -9,15 +9,18 @@ synthetic data of the model's input shape):
 
 * vmapped: one state with a leading sibling axis, `siblings.count=S`, one jitted
   step per training step (what `experiment="siblings"` with `siblings.vmap=True` runs),
-  with `model.conv` "xla" (vmap turns each conv into one grouped conv) or "unrolled"
-  (one ordinary conv per sibling inside the same program);
+  with `model.conv` "xla" (vmap turns each conv into one grouped conv), "unrolled"
+  (one ordinary conv per sibling inside the same program) or "im2col" (patches +
+  one matmul in plain jnp, `conv.conv_im2col`: under vmap a batched GEMM; a lowering
+  measured here only, which this script alone lets the config name);
 * sequential: the single-copy step of `siblings.count=0`, run S times per training
   step on S states (what `siblings.vmap=False` amounts to, minus the per-stage
   start-up, which it pays S times in addition: reported as `compile s`).
 
 Each timing is `--steps` training steps of all S copies, ended by
-`block_until_ready`; the two ways alternate `--repeats` times and the medians are
-reported. Memory: XLA's own estimate for the compiled step (arguments + outputs +
+`block_until_ready`; every way (sequential and each `--convs` lowering, all built in
+one process against one sequential baseline) runs once per repeat, in an order that
+rotates from repeat to repeat, and the medians over `--repeats` are reported. Memory: XLA's own estimate for the compiled step (arguments + outputs +
 temporaries - aliased; `compiled.memory_analysis()`), the vmapped step against S
 times the single step's temporaries plus S states. FLOPs: `compiled.cost_analysis()`.
 The accelerator projection at the end is arithmetic from those FLOPs and bytes, not a
@@ -40,7 +43,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import search_step  # noqa: E402  (registers the synthetic data source)
 from lottery_jax import models  # noqa: E402
 from lottery_jax.engine import loop  # noqa: E402
+from lottery_jax.engine import config as config_lib  # noqa: E402
 from lottery_jax.engine.config import base_config  # noqa: E402
+
+# "im2col" (`lottery_jax.models.conv.conv_im2col`) is a measured lowering that the
+# library does not offer as `model.conv` (slower than "unrolled" here, BENCHMARKS.md);
+# this process alone lets the config name it.
+if "im2col" not in config_lib.CONV_IMPLS:
+  config_lib.CONV_IMPLS = (*config_lib.CONV_IMPLS, "im2col")
 
 BATCH = {"digits_cnn": 64, "cifar_resnet20": 128}
 
@@ -70,15 +80,13 @@ def _mem_flops(run, state, batch) -> tuple[float, float]:
   return mem / 1e6, float(cost.get("flops", float("nan")))
 
 
-def measure(model: str, S: int, steps: int, repeats: int, conv: str = "xla") -> dict:
+def measure(model: str, S: int, steps: int, repeats: int,
+            convs: tuple[str, ...] = ("xla",)) -> list[dict]:
+  """One row per conv lowering of the vmapped program, all timed in the same process
+  against the same sequential baseline: each repeat runs every way once, in an order
+  that rotates from repeat to repeat (so slow phases of a busy machine hit every way),
+  and the medians over repeats are compared."""
   with jax.transfer_guard("allow"):
-    t0 = time.time()
-    vm = loop.build(config(model, S, conv))
-    vm_iter = vm.train_iter()
-    vm_batch = next(vm_iter)
-    vm_state, _ = vm.train_step(vm.state, vm_batch)   # compile
-    jax.block_until_ready(vm_state)
-    vm_compile = time.time() - t0
     t0 = time.time()
     one = loop.build(config(model, 0))
     batch = next(one.train_iter())
@@ -86,30 +94,48 @@ def measure(model: str, S: int, steps: int, repeats: int, conv: str = "xla") -> 
     states[0], _ = one.train_step(states[0], batch)
     jax.block_until_ready(states[0])
     seq_compile = time.time() - t0
-    vm_mem, vm_flops = _mem_flops(vm, vm_state, vm_batch)
     one_mem, one_flops = _mem_flops(one, states[0], batch)
+    vms = {}
+    for conv in convs:
+      t0 = time.time()
+      vm = loop.build(config(model, S, conv))
+      vm_iter = vm.train_iter()
+      vm_batch = next(vm_iter)
+      vm_iter.close()
+      vm_state, _ = vm.train_step(vm.state, vm_batch)   # compile
+      jax.block_until_ready(vm_state)
+      compile_s = time.time() - t0
+      vms[conv] = dict(run=vm, state=vm_state, batch=vm_batch, compile_s=compile_s,
+                       mem_flops=_mem_flops(vm, vm_state, vm_batch))
 
-  times = {"vmapped": [], "sequential": []}
+  ways = ["sequential", *convs]
+  times = {w: [] for w in ways}
   for r in range(repeats):
-    for way in (("vmapped", "sequential") if r % 2 == 0 else ("sequential", "vmapped")):
+    for way in ways[r % len(ways):] + ways[:r % len(ways)]:
       t0 = time.perf_counter()
-      if way == "vmapped":
-        for _ in range(steps):
-          vm_state, _ = vm.train_step(vm_state, vm_batch)
-        jax.block_until_ready(vm_state)
-      else:
+      if way == "sequential":
         for _ in range(steps):
           for i in range(S):
             states[i], _ = one.train_step(states[i], batch)
         jax.block_until_ready(states)
+      else:
+        v = vms[way]
+        for _ in range(steps):
+          v["state"], _ = v["run"].train_step(v["state"], v["batch"])
+        jax.block_until_ready(v["state"])
       times[way].append((time.perf_counter() - t0) / steps)
-  vm_iter.close()
-  v, s = statistics.median(times["vmapped"]), statistics.median(times["sequential"])
-  return {"model": model, "S": S, "vmapped_ms": 1e3 * v, "sequential_ms": 1e3 * s,
-          "ratio": v / s, "vmapped_MB": vm_mem, "sequential_MB": S * one_mem,
-          "one_copy_MB": one_mem, "vmapped_GFLOP": vm_flops / 1e9,
-          "sequential_GFLOP": S * one_flops / 1e9, "vmapped_compile_s": vm_compile,
-          "sequential_compile_s": seq_compile}
+  s = statistics.median(times["sequential"])
+  rows = []
+  for conv in convs:
+    v = statistics.median(times[conv])
+    vm_mem, vm_flops = vms[conv]["mem_flops"]
+    rows.append({"model": model, "S": S, "conv": conv, "vmapped_ms": 1e3 * v,
+                 "sequential_ms": 1e3 * s, "ratio": v / s, "vmapped_MB": vm_mem,
+                 "sequential_MB": S * one_mem, "one_copy_MB": one_mem,
+                 "vmapped_GFLOP": vm_flops / 1e9, "sequential_GFLOP": S * one_flops / 1e9,
+                 "vmapped_compile_s": vms[conv]["compile_s"],
+                 "sequential_compile_s": seq_compile})
+  return rows
 
 
 def main(argv=None) -> None:
@@ -121,7 +147,8 @@ def main(argv=None) -> None:
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--convs", default="xla,unrolled",
                   help="config.model.conv of the vmapped program: 'xla' (vmap's grouped "
-                       "convolutions) and/or 'unrolled' (one convolution per sibling)")
+                       "convolutions), 'unrolled' (one convolution per sibling) and/or "
+                       "'im2col' (patches + matmul: batched GEMMs under vmap)")
   a = ap.parse_args(argv)
   print(f"jax {jax.__version__} on {jax.default_backend()}, {jax.device_count()} device(s), "
         f"{os.cpu_count()} CPUs visible; steps {a.steps}, repeats {a.repeats} (interleaved)")
@@ -131,9 +158,8 @@ def main(argv=None) -> None:
   print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for model in a.models.split(","):
     for S in (int(x) for x in a.counts.split(",")):
-      for conv in a.convs.split(","):
-        r = measure(model, S, a.steps, a.repeats, conv)
-        print(f"| {model} | {BATCH[model]} | {S} | {conv} | {r['vmapped_ms']:.1f} | "
+      for r in measure(model, S, a.steps, a.repeats, tuple(a.convs.split(","))):
+        print(f"| {model} | {BATCH[model]} | {S} | {r['conv']} | {r['vmapped_ms']:.1f} | "
               f"{r['sequential_ms']:.1f} | {r['ratio']:.2f} | {r['vmapped_MB']:.1f} | "
               f"{r['sequential_MB']:.1f} | {r['vmapped_GFLOP']:.2f} | "
               f"{r['sequential_GFLOP']:.2f} | {r['vmapped_compile_s']:.1f} | "
