@@ -455,7 +455,7 @@ def collect_full(root: str, dense: float | None) -> str:
     mag = first["initial_eval"]["accuracy"] if first else None
     t = S.get(f"full/jackpot{sp}_T_s0")
     plus_t = t["finetune"]["final_eval"]["accuracy"] if t and "finetune" in t else None
-    if t is None:
+    if plus_t is None:   # the workdir's summary.json is the search stage's; +T has its own
       tft = ev.load("finetune", os.path.join(root, f"full/jackpot{sp}_T_s0"))
       if tft is not None:
         plus_t = tft["final_eval"]["accuracy"]
