@@ -16,7 +16,15 @@ the zoo's ResNet-20 has option-A (identity, zero-padded) shortcuts where open_lt
 has 1x1 convolution projections; CIFAR-10 mean/std normalisation instead of
 ImageNet's. 10 levels (about 11% of the weights left).
 
-Measured: not run yet (issue 13.5 holds the evidence runs).
+Measured: the full recipe has not run; its cost on the 2-core CPU is the reason. A
+60-step smoke of the same config (2026-12-03; `--config.num_steps=60
+--config.imp.levels=1 --config.imp.controls=False --config.imp.rewind_step=20
+--config.imp.rewind_epoch=0.0`, on the 10k-image subset zip that `python
+benchmarks/imp_results.py subset` writes) ran both stages end to end at about 1.0 s
+a step beside another CPU job (0.3-0.65 s quiet, BENCHMARKS.md's ResNet-20 steps), so
+one 160-epoch training is 62,560 steps, 5-11 quiet hours, and the 31 trainings (dense,
+10 levels, 2 controls each) 7-15 CPU-days. RESULTS.md's CIFAR-10 IMP
+evidence uses Conv-2 (`imp_conv_cifar10.py:conv2,...,subset`) instead.
 """
 
 from lottery_jax import recipes
