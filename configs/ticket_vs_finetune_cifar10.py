@@ -16,7 +16,14 @@ optionally `,folder=PATH` (without it TFDS cifar10). Not verified against the pa
 here 0.01 and 0.1 are the pair the lottery-ticket literature contrasts, the
 sparsity is 80% (VGG-19) or 50% (MobileNetV2, already compact).
 
-Measured: not run yet (issue 13.5 holds the evidence runs).
+Measured: the full recipe has not run. Only the first stage's step time, from a smoke
+of `:vgg19` (2026-12-03, the quiet 2-core CPU, model.conv="auto";
+`"--config.ticket_vs_finetune.learning_rates=(0.1,)" --config.num_steps=20
+--config.data.max_eval_examples=512` on the 10k-image subset zip of `python
+benchmarks/imp_results.py subset`): 11.0 s a dense VGG-19 step at batch 128 (steps 5-15;
+stopped there), so one 160-epoch training is about 8 CPU-days and the sweep's 12
+trainings about 95. That is about 10x what the FLOPs (about 150 GFLOP a step) predict
+at this CPU's GEMM rate, not yet explained. `:mobilenet_v2` is not measured.
 """
 
 from lottery_jax import recipes
