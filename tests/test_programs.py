@@ -184,11 +184,24 @@ def test_step_under_vmap_equals_separate_copies(name):
   single = make_train_step(model, tx, program, layout)
   batched = make_train_step(model, tx, program, layout, siblings=2)
   data = [_batches(STEPS, key=3), _batches(STEPS, key=4)]
-  stacked_state = jax.tree.map(lambda x: jnp.stack([x, x]), state)
-  stacked = [jax.tree.map(lambda a, b: jnp.stack([a, b]), x, y) for x, y in zip(*data)]
+  stacked_state, stacked = stack_copies(state, data)
   both, metrics = _run(batched, stacked_state, stacked)
   assert np.shape(metrics["loss"]) == (2,)
-  for i in range(2):
+  assert_each_copy_matches(single, state, data, both)
+
+
+def stack_copies(state, data):
+  """Two copies of `state` on a leading sibling axis, and the copies' batches
+  (`data[i]` is copy i's list) stacked step by step."""
+  stacked_state = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+  stacked = [jax.tree.map(lambda a, b: jnp.stack([a, b]), x, y) for x, y in zip(*data)]
+  return stacked_state, stacked
+
+
+def assert_each_copy_matches(single, state, data, both):
+  """Copy i of the sibling run `both` equals `single` run alone from `state` on
+  `data[i]`: masks exactly, params, scores and BN statistics to float32 rounding."""
+  for i in range(len(data)):
     alone, _ = _run(single, jax.tree.map(jnp.copy, state), data[i])
     mine = jax.tree.map(lambda x: x[i], both)
     for k, v in _leaves(alone.masks).items():

@@ -269,28 +269,18 @@ def test_im2col_siblings_equal_sequential_xla_copies(name):
   summation orders give to within 2 * gamma_72 ~ 9e-6 of the sum of |products| (and
   typically ~sqrt(72) * 2^-24 ~ 5e-7); three SGD steps carry that into the weights
   (the same 1e-5 / 1e-6 as the other vmap-against-sequential comparisons of the step)."""
-  import jax.numpy as jnp
   from lottery_jax.engine.step import make_train_step
-  from test_programs import _batches, _leaves, _run, _setup
+  from test_programs import _batches, _run, _setup, assert_each_copy_matches, stack_copies
   model, tx, program, layout, state = _setup(name)
   single = make_train_step(model, tx, program, layout, conv_impl="xla")
   batched = make_train_step(model, tx, program, layout, siblings=2, conv_impl="im2col")
   data = [_batches(3, key=3), _batches(3, key=4)]
-  stacked_state = jax.tree.map(lambda x: jnp.stack([x, x]), state)
-  stacked = [jax.tree.map(lambda a, b: jnp.stack([a, b]), x, y) for x, y in zip(*data)]
+  stacked_state, stacked = stack_copies(state, data)
   x = stacked[0]["image"]
   text = batched.lower(stacked_state, stacked[0]).compile().as_text()
   assert " convolution(" not in text and x.shape[0] == 2
   both, _ = _run(batched, stacked_state, stacked)
-  for i in range(2):
-    alone, _ = _run(single, jax.tree.map(jnp.copy, state), data[i])
-    mine = jax.tree.map(lambda v: v[i], both)
-    for k, v in _leaves(alone.masks).items():
-      np.testing.assert_array_equal(_leaves(mine.masks)[k], v, err_msg=k)
-    for part in ("params", "scores", "batch_stats"):
-      a, b = _leaves(getattr(alone, part)), _leaves(getattr(mine, part))
-      for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=f"{part} {k}")
+  assert_each_copy_matches(single, state, data, both)
 
 
 def test_model_conv_names_only_the_offered_lowerings():
