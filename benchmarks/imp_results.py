@@ -55,7 +55,6 @@ STORE = os.path.join(HERE, "results", "imp")
 SEEDS = (0, 1, 2)
 DATA = ("digits", "mnist1d")
 RATES = (0.01, 0.03, 0.1, 0.3)
-FULL_ZIP = "../shared/datasets/cifar10-jpeg.zip"
 CIFAR_SUBSET = os.path.join("runs", "cifar", "cifar10-train10k.zip")
 
 
@@ -64,7 +63,8 @@ def write_subset() -> None:
   import cifar_results  # noqa: E402  (benchmarks/ is on sys.path)
   path = os.path.join(REPO, CIFAR_SUBSET)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  cifar_results.make_subset(os.path.join(REPO, FULL_ZIP), path, train_per_class=1000,
+  cifar_results.make_subset(os.path.join(REPO, cifar_results.FULL_ZIP), path,
+                            train_per_class=1000,
                             test_per_class=0, seed=0)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _evidence as ev  # noqa: E402  (commands, runs, summaries, mean ± std)
-from _evidence import REPO  # noqa: E402
+from _evidence import HERE, REPO  # noqa: E402
 
 
 def runs() -> dict[str, list[str]]:
@@ -36,7 +36,7 @@ def runs() -> dict[str, list[str]]:
   for seed in (0, 1, 2):
     out[f"mnist1d_s{seed}"] = ["--config=configs/siblings_sweep.py:mnist1d",
                                f"--config.seed={seed}", "--config.progress_bar=False"]
-  for seed in (0, 1, 2):
+  for seed in (0, 1, 2):   # after all S = 4 runs (the order `run` takes)
     out[f"mnist1d_S10_s{seed}"] = out[f"mnist1d_s{seed}"] + ["--config.siblings.count=10"]
   return out
 
@@ -45,7 +45,7 @@ def command(name: str, root: str) -> list[str]:
   return ev.command(runs()[name], root, name)
 
 
-STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "siblings")
+STORE = os.path.join(HERE, "results", "siblings")
 
 
 def run(names, root: str) -> None:
