@@ -29,13 +29,8 @@ import numpy as np  # noqa: E402
 import lottery_jax.experiments  # noqa: E402,F401  (registers the mask programs)
 from lottery_jax.engine import checkpoint, loop  # noqa: E402
 
-
-def rss_anon_kib() -> int:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("RssAnon:"):
-        return int(line.split()[1])
-  raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from soak import rss_anon  # noqa: E402  (RssAnon of /proc/<pid>/status, bytes)
 
 
 def main(argv) -> int:
@@ -59,7 +54,7 @@ def main(argv) -> int:
     for i in range(1, n + 1):
       ckpt.save(i, state, {"step": i}, {"step": i})
       ckpt.wait()
-      rows.append((i, rss_anon_kib()))
+      rows.append((i, rss_anon(os.getpid()) // 1024))
     ckpt.close()
   if out:
     with open(out, "w") as f:
