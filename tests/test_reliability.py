@@ -379,6 +379,28 @@ def test_a_checkpoint_that_reads_back_different_is_detected(tmp_path):
     fresh.restore(1, r.state)
 
 
+def test_a_save_keeps_what_meta_and_data_held_when_it_was_called(tmp_path):
+  """Orbax serialises the JSON items in its background write; the loop goes on
+  appending to the history list it passed in. A checkpoint must hold the rows up to
+  its own step, or a resume logs the later rows twice (CI failure of stop 21: the
+  siblings SIGKILL campaign resumed with step 6 in its history twice)."""
+  r = loop.build(run_cfg())
+  ckpt = Checkpointer(tmp_path, keep=2)
+  history, data = [{"step": 1}], {"position": [1]}
+  for step in (1, 2, 3):   # three saves: a race would not pass three times by luck
+    ckpt.save(step, r.state, data, {"step": step, "history": history})
+    history.append({"step": 2})   # what the loop does next, while the write runs
+    data["position"].append(2)
+    ckpt.wait()
+    restored = Checkpointer(tmp_path, keep=2)
+    assert restored.read_meta(step)["history"] == [{"step": 1}]
+    _, data_back, _ = restored.restore(step, r.state)
+    assert data_back == {"position": [1]}
+    restored.close()
+    del history[1:], data["position"][1:]
+  ckpt.close()
+
+
 def test_no_good_checkpoint_left_stops_and_changes_nothing(tmp_path, monkeypatch):
   workdir = str(tmp_path)
   with interrupted_at(5, monkeypatch), pytest.raises(Interrupt):

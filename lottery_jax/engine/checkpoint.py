@@ -36,6 +36,7 @@ those written before) restore as before.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import logging
 import os
@@ -251,6 +252,10 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+    # Orbax serialises the JSON items in the background write, after `save` returns;
+    # the caller goes on mutating what it passed (the loop appends to its history), so
+    # the checkpoint takes its own copies now.
+    meta, data_state = copy.deepcopy(meta), copy.deepcopy(data_state)
     paths, host = _host_leaves(state)
     meta = {**meta, DIGEST_KEY: None if host is None else _digest(paths, host)}
     packed = None if host is None else pack(state, host)
