@@ -13,13 +13,42 @@ Sized for an accelerator: 10 siblings x 160 epochs, plus 3 x 10 retrainings per 
 On a 2-core CPU use fewer (`--config.siblings.count=4 --config.num_epochs=...`); on
 several devices spread the siblings with `--config.siblings.mesh_axis=<devices>`
 (a divisor of the count). Without `:folder=` it reads TFDS cifar10.
+
+`,subset` after the folder is the reduced scale RESULTS.md's CIFAR-10 siblings
+evidence runs at on a busy 2-core CPU (benchmarks/siblings_results.py, runs
+`cifar10_s<seed>`, on the class-balanced 10k-image train subset of the CIFAR IMP
+evidence, `imp_results.py subset`):
+
+  python -m lottery_jax.main \
+      --config=configs/siblings_resnet20_cifar10.py:folder=runs/cifar/cifar10-train10k.zip,subset \
+      --workdir=runs/siblings/cifar10_s0
+
+ResNet-20 at a quarter of its width (stages 4/8/16 channels, 17k weights), the same
+recipe (SGD 0.1, momentum 0.9, wd 1e-4, batch 128, crop + flip) compressed to one
+epoch of the subset (78 steps, lr x0.1 at 50% and 75%), S = 4 siblings
+(`model.conv="unrolled"`), k in {0, 0.125, 0.25, 0.5} epochs (0, 10, 20, 39 steps),
+one-shot masks at 80% and 90%, union / intersection / one-shot retrained from
+theta_k; scored on a fixed random 2,000 of the 10k test images (0.05 points an image).
+Measured (2026-12-03, 2 cores shared with a training run and other jobs, load 15-20,
+nice 19): 9-10 s a vmapped step of the 4 siblings (full width: 35 s), stage start-up
+(data, compile, first eval) 2-4 min; one seed about 3 h at that load.
 """
 
 from lottery_jax import recipes
 
+# `,subset` (2-core CPU scale): epochs of the 10k-image subset per training, the
+# shared-epoch grid k and the retrained sparsities.
+SUBSET_WIDTHS = (4, 8, 16)
+SUBSET_EPOCHS = 1.0
+SUBSET_K = (0.0, 0.125, 0.25, 0.5)
+SUBSET_SPARSITIES = (0.8, 0.9)
+SUBSET_EVAL_EXAMPLES = 2000
+
 
 def get_config(arg: str = ""):
-  c = recipes.cifar_pretrain(arg, model="cifar_resnet20")
+  rest = arg.split(",") if arg else []
+  subset = "subset" in rest
+  c = recipes.cifar_pretrain(",".join(r for r in rest if r != "subset"), model="cifar_resnet20")
   c.experiment = "siblings"
   c.optimizer.learning_rate = 0.1
   c.optimizer.momentum = 0.9
@@ -36,4 +65,20 @@ def get_config(arg: str = ""):
   c.eval_every_epochs = 20.0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
+  if subset:
+    c.model.conv = "unrolled"    # one ordinary conv per sibling under vmap (CPU)
+    c.model.kwargs.widths = SUBSET_WIDTHS
+    c.num_epochs = SUBSET_EPOCHS
+    c.optimizer.milestones = tuple(SUBSET_EPOCHS * f for f in (0.5, 0.75))
+    c.siblings.count = 4
+    c.siblings.shared_epochs_sweep = SUBSET_K
+    c.siblings.sparsities = SUBSET_SPARSITIES
+    c.sparsity = SUBSET_SPARSITIES[0]
+    c.data.max_eval_examples = SUBSET_EVAL_EXAMPLES
+    c.eval_every_epochs = 0.0
+    c.analysis.enabled = False
+    c.log_every_steps = 20
+    c.checkpoint_every_steps = 50
+    c.keep_checkpoints = 1
+    c.tensorboard = False
   return c

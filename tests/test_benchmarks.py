@@ -39,3 +39,36 @@ def test_imp_bookkeeping_times_each_part_of_a_real_imp_run(tmp_path, capsys):
   from lottery_jax.engine import loop  # pylint: disable=import-outside-toplevel
   assert loop.run.__module__ == "lottery_jax.engine.loop"
   assert "bookkeeping / train" in capsys.readouterr().out
+
+
+def test_siblings_results_collects_an_unfinished_sweep_from_its_overlaps(tmp_path, monkeypatch):
+  """`siblings_results.py store` / `collect` on a sweep that has trained its siblings
+  but retrained nothing: the overlap rows (with chance) from each k's overlap.json, the
+  retrained arms "-"; the committed MNIST-1D summaries beside it."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, BENCH)
+  try:
+    import siblings_results as sr  # pylint: disable=import-outside-toplevel
+    import _evidence as ev  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(BENCH)
+  root, store = tmp_path / "runs", tmp_path / "store"
+  shutil.copytree(os.path.join(sr.STORE, "mnist1d_s0"), root / "mnist1d_s0")
+  for k, iou in ((0.0, 0.3), (0.5, 0.6)):
+    d = root / "cifar10_s0" / f"k{k:g}"
+    d.mkdir(parents=True)
+    (d / "overlap.json").write_text(json.dumps({
+        "shared_epochs": k, "siblings": 4, "per_sibling_test_accuracy": [0.4] * 4,
+        "by_sparsity": [{"sparsity": s, "per_sibling_mask_sparsity": [s] * 4,
+                         "overlap": {"mean_iou": iou, "chance_iou": 0.1}}
+                        for s in (0.8, 0.9)]}))
+  monkeypatch.setattr(sr, "STORE", str(store))
+  monkeypatch.setattr(ev, "FIG", str(tmp_path / "fig"))
+  sr.store(str(root), "cifar10_s0")
+  assert (store / "cifar10_s0" / "k0.5" / "overlap.json").exists()
+  text = sr.collect(str(root))
+  assert "CIFAR-10" in text and "mnist1d" in text
+  assert "| 0.5 | 0.6000 (n=1) | 0.1000 (n=1) | 0.6000 (n=1) | 0.1000 (n=1) |" in text
+  assert "| 0.5 | 90% | - | - | - | 0.4000 (n=1) |" in text
+  assert {"siblings_overlap.png", "siblings_arms.png"} <= set(os.listdir(tmp_path / "fig"))

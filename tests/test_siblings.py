@@ -157,6 +157,15 @@ def test_siblings_vmapped_equal_sequential_and_sweep(tmp_path):
   assert not (k0_dir / "shared").exists() and (tmp_path / "sweep" / "k1" / "shared").exists()
   init = load_run(str(k0_dir / "one_shot_s0.7"))   # exists: retrained from the init
   assert init["params"]
+  # Every k's siblings trained, and its overlap.json written, before any retraining.
+  for r in (k0, k1):
+    d = tmp_path / "sweep" / f"k{r['shared_epochs']:g}"
+    with open(d / "overlap.json") as f:
+      written = json.load(f)
+    assert written["by_sparsity"][0]["overlap"] == r["overlap"]
+    assert written["per_sibling_test_accuracy"] == [p["test_accuracy"] for p in r["per_sibling"]]
+  assert (os.stat(tmp_path / "sweep" / "k1" / "overlap.json").st_mtime_ns
+          < os.stat(k0_dir / "union_s0.7" / "summary.json").st_mtime_ns)
 
   seq = experiments.run(_config(**{"siblings.shared_epochs": 1.0, "siblings.vmap": False}),
                         str(tmp_path / "seq"))
@@ -224,6 +233,16 @@ def test_sibling_configs():
   assert r20.siblings.count == 10 and len(r20.siblings.sparsities) == 10
   assert r20.siblings.sparsities[-1] == pytest.approx(1 - 0.8 ** 10, abs=1e-6)
   assert r20.model.name == "cifar_resnet20" and r20.optimizer.milestones == (80, 120)
+  # `,subset`: the reduced CIFAR-10 scale of benchmarks/siblings_results.py.
+  sub = load_config("siblings_resnet20_cifar10", "folder=/x.zip,subset")
+  config_lib.validate(sub)
+  sib_exp._check(sub)
+  assert sub.data.path == "/x.zip" and sub.model.kwargs.widths == (4, 8, 16)
+  assert sub.siblings.count == 4 and sub.siblings.shared_epochs_sweep[0] == 0.0
+  assert max(sub.siblings.shared_epochs_sweep) < sub.num_epochs
+  assert sub.optimizer.milestones == (0.5 * sub.num_epochs, 0.75 * sub.num_epochs)
+  with pytest.raises(ValueError, match="unknown"):
+    load_config("siblings_resnet20_cifar10", "subset,nonsense")
 
 
 def test_unrolled_convs_under_vmap():

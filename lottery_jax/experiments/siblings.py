@@ -22,7 +22,11 @@ For one number of shared epochs k (`siblings.shared_epochs`):
    (`"init"`), to the same end step.
 
 `siblings.shared_epochs_sweep` = (k1, k2, ...) runs one such experiment per k in
-`<workdir>/k<k>/` (stages, skipped when finished) and collects them.
+`<workdir>/k<k>/` (stages, skipped when finished) and collects them: steps 1-3 for
+every k first, then step 4 for every k, so that the overlap against k is complete
+before any retraining. Each k's overlaps are written to `<workdir>/k<k>/overlap.json`
+as soon as its siblings are trained (`by_sparsity` [{sparsity, overlap,
+per_sibling_mask_sparsity}], `per_sibling_test_accuracy`).
 
 `summary.json`: `per_sibling` [{test_accuracy (the trained dense sibling), sparsity
 (its one-shot mask)}], `overlap` {mean_iou, chance_iou, per_layer, pairs}, `union`,
@@ -84,7 +88,11 @@ def siblings(config, workdir: str) -> dict[str, Any]:
   if not sweep:
     summary = one_k(config, workdir, float(config.siblings.shared_epochs))
   else:
-    runs = [one_k(config, os.path.join(workdir, f"k{k:g}"), k) for k in sweep]
+    # Every k's siblings (and their overlap.json) before any retraining: the overlap
+    # against k, the cheap half, is complete first. The stages are the same either way.
+    trained = [train_k(config, os.path.join(workdir, f"k{k:g}"), k) for k in sweep]
+    runs = [one_k(config, os.path.join(workdir, f"k{k:g}"), k, t)
+            for k, t in zip(sweep, trained)]
     summary = {"sweep": runs, "shared_epochs": list(sweep), "vmap": bool(config.siblings.vmap),
                "siblings": int(config.siblings.count)}
   if _lead():
@@ -97,8 +105,11 @@ def _lead() -> bool:
   return jax.process_index() == 0
 
 
-def one_k(config, workdir: str, k: float) -> dict[str, Any]:
-  """One sibling experiment with k shared epochs in `workdir`."""
+def train_k(config, workdir: str, k: float) -> dict[str, Any]:
+  """Steps 1-3 for k shared epochs in `workdir`: the shared and sibling stages, each
+  sibling's one-shot masks, their overlap, union and intersection (masks written to
+  `<workdir>/masks/`, the overlaps to `<workdir>/overlap.json`). Returns what `one_k`
+  retrains and reports."""
   S = int(config.siblings.count)
   base = _stage_base(config, k)
   shared_dir = os.path.join(workdir, "shared")
@@ -150,6 +161,25 @@ def one_k(config, workdir: str, k: float) -> dict[str, Any]:
       retrain.append((entry, arm, Stage(f"{arm}_s{s:g}", derive(base, **{
           "mask.program": "given", "mask.source": path, "sparsity": s, **retrain_fork}))))
     by_sparsity.append(entry)
+  if _lead():
+    io.write_json(os.path.join(workdir, "overlap.json"), {
+        "shared_epochs": k, "siblings": S,
+        "by_sparsity": [{"sparsity": e["sparsity"], "overlap": e["overlap"],
+                         "per_sibling_mask_sparsity": e["per_sibling_mask_sparsity"]}
+                        for e in by_sparsity],
+        "per_sibling_test_accuracy": [f["accuracy"] for f in finals]})
+  return {"finals": finals, "sibling_dirs": sibling_dirs, "by_sparsity": by_sparsity,
+          "retrain": retrain}
+
+
+def one_k(config, workdir: str, k: float, trained: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+  """One sibling experiment with k shared epochs in `workdir` (`trained`: what
+  `train_k` returned for it, when it ran already)."""
+  t = trained if trained is not None else train_k(config, workdir, k)
+  S = int(config.siblings.count)
+  finals, sibling_dirs = t["finals"], t["sibling_dirs"]
+  by_sparsity, retrain = t["by_sparsity"], t["retrain"]
   done = run_stages([st for _, _, st in retrain], workdir)
   for entry, arm, st in retrain:
     entry[arm]["test_accuracy"] = done[st.name]["final_eval"]["accuracy"]
