@@ -1,5 +1,6 @@
 """The CPU conv lowerings equal `lax.conv_general_dilated` (forward and both gradients)."""
 
+import functools
 import os
 
 import flax.linen as nn
@@ -26,20 +27,23 @@ CASES = [
 ]
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 def _reference(x, w, stride, padding):
   return lax.conv_general_dilated(x, w, (stride, stride), padding,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("impl", ["patches", "taps", "barrier"])
+@pytest.mark.parametrize("impl", ["im2col", "taps", "barrier"])
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_forward_and_gradients_match_lax(impl, case):
   n, h, w_, c, o, k, stride, padding = case
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (n, h, w_, c), jnp.float32)
   w = jax.random.normal(kw, (k, k, c, o), jnp.float32)
-  fn = {"patches": conv.conv2d_patches, "taps": conv.conv2d_taps,
-        "barrier": conv.conv2d_barrier}[impl]
+  fn = {"im2col": functools.partial(conv.conv_im2col, dimension_numbers=_NHWC),
+        "taps": conv.conv2d_taps, "barrier": conv.conv2d_barrier}[impl]
 
   y_ref, vjp_ref = jax.vjp(lambda x, w: _reference(x, w, stride, padding), x, w)
   y, vjp = jax.vjp(lambda x, w: fn(x, w, (stride, stride), padding), x, w)
@@ -49,7 +53,7 @@ def test_forward_and_gradients_match_lax(impl, case):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["patches", "taps", "barrier"])
+@pytest.mark.parametrize("impl", ["im2col", "taps", "barrier"])
 def test_jitted_grad_matches_lax(impl):
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   w = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
@@ -70,7 +74,7 @@ def test_unsupported_cases_fall_back_to_xla():
   w = jax.random.normal(jax.random.key(1), (3, 3, 1, 4))  # depthwise
   dn = ("NHWC", "HWIO", "NHWC")
   got = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
-                                  feature_group_count=4, impl="patches")
+                                  feature_group_count=4, impl="taps")
   want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
                                   feature_group_count=4)
   np.testing.assert_array_equal(got, want)
@@ -96,14 +100,14 @@ def test_auto_is_xla_unless_use_impl_says_otherwise(monkeypatch):
 
 
 def test_use_impl_scope():
-  with conv.use_impl("patches"):
-    assert conv.resolve_impl() == "patches"
+  with conv.use_impl("im2col"):
+    assert conv.resolve_impl() == "im2col"
     assert conv.resolve_impl("xla") == "xla"           # an explicit impl wins
     with conv.use_impl("taps"):
       assert conv.resolve_impl() == "taps"
     with conv.use_impl("auto"):                         # a no-op
-      assert conv.resolve_impl() == "patches"
-    assert conv.resolve_impl() == "patches"
+      assert conv.resolve_impl() == "im2col"
+    assert conv.resolve_impl() == "im2col"
   assert conv.resolve_impl() == "xla"
   with pytest.raises(KeyError):
     with conv.use_impl("barrier"):
@@ -118,13 +122,13 @@ def test_use_impl_scope():
   f = lambda x, w: conv.conv_general_dilated(  # noqa: E731
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   g = lambda x, w: f(x, w)  # noqa: E731
-  with conv.use_impl("patches"):
+  with conv.use_impl("im2col"):
     assert "convolution(" not in jax.jit(f).lower(x, w).as_text()
   assert "convolution(" not in jax.jit(f).lower(x, w).as_text()   # cached trace
   assert "convolution(" in jax.jit(g).lower(x, w).as_text()       # fresh trace: XLA's
 
 
-@pytest.mark.parametrize("impl", ["patches", "taps", "barrier"])
+@pytest.mark.parametrize("impl", ["im2col", "taps", "barrier"])
 def test_model_param_tree_and_output_do_not_depend_on_impl(impl):
   model = models.get("digits_cnn", num_classes=10)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
@@ -382,8 +386,8 @@ def test_use_impl_torch_keeps_small_convs_on_xla():
     assert conv.resolve_impl("torch", rows=small) == "torch"    # explicit: every conv
   with conv.use_impl("torch", min_rows=0):
     assert conv.resolve_impl(rows=1) == "torch"
-  with conv.use_impl("patches"):
-    assert conv.resolve_impl(rows=1) == "patches"            # the policy is torch's only
+  with conv.use_impl("im2col"):
+    assert conv.resolve_impl(rows=1) == "im2col"             # the policy is torch's only
   assert conv.resolve_impl(rows=big) == "xla"
 
 
@@ -587,3 +591,94 @@ def test_im2col_refuses_what_it_does_not_implement():
                      batch_group_count=2)
   with pytest.raises(ValueError, match="im2col.*feature_group_count=3"):
     conv.conv_im2col(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=3)
+
+
+# ------------------------------------------- "xla": convs XLA:CPU would run swapped
+_SWAP_CASES = [
+    # (input spatial, kernel, strides, padding): VGG-19's 3x3 convs on 2x2 maps swap, ...
+    ((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((1, 1), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((2, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    # ... those on 4x4 maps do not, nor 1x1 kernels, nor a VALID conv over the whole map;
+    # a stride-2 conv down to 2x2 maps does not, but its input gradient does
+    ((1, 4), (1, 3), (1, 1), ((0, 0), (1, 1))),
+    ((4, 4), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((3, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((2, 2), (1, 1), (1, 1), ((0, 0), (0, 0))),
+    ((3, 3), (3, 3), (1, 1), ((0, 0), (0, 0))),
+    ((4, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((7, 7), (7, 7), (2, 2), ((3, 3), (3, 3))),
+]
+
+
+def _runs_swapped(fn, *args) -> bool:
+  """Whether XLA's compiled program holds a conv with swapped operands (the kernel
+  slid over as the input: batch and feature swapped in the output, `->f01b`)."""
+  text = jax.jit(fn).lower(*args).compile().as_text()
+  return "->f01b" in text or "->f0b" in text
+
+
+@pytest.mark.parametrize("case", _SWAP_CASES, ids=[str(c[:3]) for c in _SWAP_CASES])
+def test_swap_predicate_matches_what_xla_cpu_compiles(case):
+  """`xla_cpu_swaps_operands` (a transcription of XLA's test) says what this jaxlib's
+  CPU compiler does, for the forward conv and for the input-gradient conv of autodiff."""
+  size, ksize, strides, padding = case
+  x = jnp.ones((2, *size, 4))
+  w = jnp.ones((*ksize, 4, 4))
+  f = lambda x, w: _reference_nd(x, w, strides, padding)  # noqa: E731
+  y = jax.eval_shape(f, x, w)
+  dx = lambda x, w, g: jax.vjp(lambda x_: f(x_, w), x)[1](g)[0]  # noqa: E731
+  fwd_swapped = _runs_swapped(f, x, w)
+  dx_swapped = _runs_swapped(dx, x, w, jnp.ones(y.shape))
+  assert conv.xla_cpu_swaps_operands(size, ksize, strides, padding, (1, 1), (1, 1)) \
+      == fwd_swapped
+  assert conv.swapped_on_cpu(x, w, strides, padding, dimension_numbers=_NHWC) \
+      == (fwd_swapped or dx_swapped)
+
+
+def _reference_nd(x, w, strides, padding):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
+def test_default_lowering_runs_swapped_convs_as_im2col():
+  """Under the default "xla", a conv XLA:CPU would swap (VGG-19's 3x3 convs on 2x2 maps)
+  is im2col + matmul, forward and both gradients: no convolution left, values equal to
+  XLA's convolution; an ordinary conv stays XLA's."""
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (3, 2, 2, 16))
+  w = jax.random.normal(kw, (3, 3, 16, 8))
+  g = jax.random.normal(kg, (3, 2, 2, 8))
+
+  def fwd_bwd(conv_fn):
+    def run(x, w, g):
+      y, vjp = jax.vjp(lambda x, w: conv_fn(x, w, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=_NHWC), x, w)
+      return (y, *vjp(g))
+    return jax.jit(run)
+
+  ours = fwd_bwd(conv.conv_general_dilated)
+  assert " convolution(" not in ours.lower(x, w, g).compile().as_text()
+  for got, want in zip(ours(x, w, g), fwd_bwd(lax.conv_general_dilated)(x, w, g)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with conv.use_impl("xla"):
+    assert conv.swapped_on_cpu(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  x4 = jnp.ones((3, 4, 4, 16))
+  assert not conv.swapped_on_cpu(x4, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  assert " convolution(" in fwd_bwd(conv.conv_general_dilated).lower(
+      x4, w, jnp.ones((3, 4, 4, 8))).compile().as_text()
+
+
+def test_vgg19_training_gradient_has_no_swapped_conv():
+  """jackpot_vgg19 (3x3 convs on 2x2 maps at 32x32 inputs): its compiled training-mode
+  gradient, under the default lowering, holds no conv with swapped operands (each took
+  ~200x a GEMM's time on the CPU, BENCHMARKS.md "VGG-19 on the CPU")."""
+  model = models.get("jackpot_vgg19", num_classes=10)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  def loss(params):
+    out, _ = model.apply({**variables, "params": params}, x, train=True,
+                         mutable=["batch_stats"])
+    return jnp.sum(out)
+
+  assert not _runs_swapped(jax.grad(loss), variables["params"])

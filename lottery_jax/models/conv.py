@@ -5,22 +5,36 @@ Every model conv goes through `conv_general_dilated` (plugged into
 `kernel` HWIO and `bias`, are exactly those of a plain `nn.Conv`). Lowerings:
 
 * "xla": `lax.conv_general_dilated` (on this jaxlib the CPU convs run in
-  YNNPACK fusions).
+  YNNPACK fusions), except the convs XLA:CPU would run with swapped operands
+  (`xla_cpu_swaps_operands`: a kernel window larger than the input's spatial extent,
+  as VGG-19's 3x3 convs on 2x2 maps at 32x32 inputs), which are "im2col" on the CPU.
 * "torch": PyTorch's convolution (oneDNN on x86), forward and both gradients, as
   XLA:CPU custom calls that read and write XLA's buffers in place (`conv2d_torch`).
-* "patches": im2col + one matmul, with a custom VJP whose backward is matmuls
-  (`dW = patches^T @ dy`, input grad `dy @ W^T` then col2im by padded adds).
+* "im2col": the input's shifted slices concatenated on the channel axis + one matmul,
+  in plain jnp (`conv_im2col`; any spatial rank, strides, padding, kernel dilation,
+  feature groups), differentiated by JAX with the patches recomputed in the backward
+  (`jax.checkpoint`: only the conv's input and kernel are stored, so the backward is
+  `dW = patches^T @ dy` and `dpatches = dy @ W^T` scattered back by padded adds). Under
+  the siblings' vmap each per-copy kernel becomes a batched GEMM instead of a grouped
+  convolution; measured slower than "unrolled" for siblings on the CPU and 2-4x slower
+  than "xla" per ordinary conv (BENCHMARKS.md), so it is not a `config.model.conv` choice.
 * "taps": XLA's forward and input gradient; the stride-1 weight gradient as
   kh*kw GEMMs over flat shifted views of the padded input (no im2col), and the
   residual input read through an optimisation barrier.
 * "barrier": XLA's forward and both gradient convs, with only the residual input
   read through an optimisation barrier (stops the recomputation described below).
-* "im2col": patches + one matmul in plain jnp, differentiated by JAX (`conv_im2col`;
-  any spatial rank, strides, padding, kernel dilation, feature groups). Under the
-  siblings' vmap each per-copy kernel becomes a batched GEMM instead of a grouped
-  convolution; measured slower than "unrolled" for siblings on the CPU
-  (`benchmarks/siblings.py`, BENCHMARKS.md), so, like "patches", "taps" and
-  "barrier", it is reachable through `use_impl` / `impl=` but not `config.model.conv`.
+* "unrolled": XLA's convolution whose vmap is one ordinary conv per sibling.
+"im2col", "taps", "barrier" and "unrolled" are reachable through `use_impl` / `impl=`,
+not `config.model.conv`.
+
+Swapped operands (why "xla" sends some convs to "im2col"). XLA's algebraic simplifier
+(XLA's `ConvOperandSwapper`, `SwapConvolutionOperandsIfBeneficial`) rewrites a conv whose kernel window has more spatial positions
+than its input into one that slides the input over the (reversed) kernel, with the batch
+as the output feature dimension. XLA:CPU runs that form (`dim_labels=01fb_o01i->f01b`)
+outside its fast conv kernels: a 3x3, 512 -> 512 conv on 2x2 maps at batch 128 took
+~3.4 s of CPU time forward and as long for its input gradient (0.7 GFLOP/s), against
+~18 ms as im2col (BENCHMARKS.md "VGG-19 on the CPU"). Which convs: exactly XLA's test,
+on the forward conv and on the input-gradient conv JAX's autodiff would make of it.
 
 "auto" (every model's default) is "xla" unless the conv is traced inside
 `use_impl(impl)`: the engine traces its train and eval steps inside
@@ -77,8 +91,8 @@ MobileNetV2, but 1.04x for ResNet-50 at 128 px, batch 8, and 1.4-2.7x (three run
 for the tiny digits CNN: small convs, above all few output rows with deep channels,
 are faster in XLA, which is what `TORCH_MIN_ROWS` keeps there: `use_impl("torch")`,
 with that size policy, measured at or under the better of the two for every model.
-"patches" is 2-4x slower than "xla" per conv (XLA:CPU builds the im2col slowly);
-"taps" and "barrier" are within a few percent of "xla".
+"im2col" is 2-4x slower than "xla" per ordinary conv (XLA:CPU builds the im2col
+slowly); "taps" and "barrier" are within a few percent of "xla".
 """
 
 from __future__ import annotations
@@ -112,75 +126,6 @@ def _window(kernel_hw, dilation) -> tuple[int, ...]:
 
 def _out_size(size: int, k: int, s: int, lo: int, hi: int) -> int:
   return (size + lo + hi - k) // s + 1
-
-
-def _patches(x: jax.Array, kh: int, kw: int, strides: tuple[int, int],
-             padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-  """im2col: (N, H, W, C) -> (N, Ho, Wo, kh*kw*C), columns ordered (i, j, c) as
-  an HWIO kernel reshaped to (kh*kw*C, O)."""
-  (plo, phi), (qlo, qhi) = padding
-  sh, sw = strides
-  n, h, w, c = x.shape
-  ho, wo = _out_size(h, kh, sh, plo, phi), _out_size(w, kw, sw, qlo, qhi)
-  if kh == kw == 1 and padding == ((0, 0), (0, 0)):
-    return x[:, ::sh, ::sw, :][:, :ho, :wo, :]
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plo, phi, 0), (qlo, qhi, 0), (0, 0, 0)))
-  cols = [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                    (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
-  return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-
-
-def _col2im(dp: jax.Array, x_shape, kh: int, kw: int, strides, padding) -> jax.Array:
-  """Adjoint of `_patches`: (N, Ho, Wo, kh*kw*C) -> (N, H, W, C)."""
-  (plo, phi), (qlo, qhi) = padding
-  sh, sw = strides
-  n, h, w, c = x_shape
-  _, ho, wo, _ = dp.shape
-  hp, wp = h + plo + phi, w + qlo + qhi
-  zero = jnp.zeros((), dp.dtype)
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      blk = dp[..., (i * kw + j) * c:(i * kw + j + 1) * c]
-      # Place block (i, j) at rows i + ho*sh of the padded input, then crop the
-      # padding: negative low/high pads do the crop in the same op.
-      cfg = ((0, 0, 0),
-             (i - plo, hp - i - ((ho - 1) * sh + 1) - phi, sh - 1),
-             (j - qlo, wp - j - ((wo - 1) * sw + 1) - qhi, sw - 1),
-             (0, 0, 0))
-      placed = lax.pad(blk, zero, cfg)
-      out = placed if out is None else out + placed
-  return out
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_patches(x, w, strides, padding):
-  return _conv_patches_fwd(x, w, strides, padding)[0]
-
-
-def _conv_patches_fwd(x, w, strides, padding):
-  kh, kw, c, o = w.shape
-  p = _patches(x, kh, kw, strides, padding)
-  y = jnp.dot(p.reshape(-1, kh * kw * c), w.reshape(kh * kw * c, o))
-  return y.reshape(*p.shape[:3], o).astype(x.dtype), (x, w)
-
-
-def _conv_patches_bwd(strides, padding, res, g):
-  x, w = res
-  kh, kw, c, o = w.shape
-  gm = g.reshape(-1, o)
-  p = _patches(x, kh, kw, strides, padding).reshape(-1, kh * kw * c)
-  dw = jnp.dot(p.T, gm).reshape(w.shape).astype(w.dtype)
-  dp = jnp.dot(gm, w.reshape(kh * kw * c, o).T).reshape(*g.shape[:3], kh * kw * c)
-  if kh == kw == 1 and padding == ((0, 0), (0, 0)) and strides == (1, 1):
-    dx = dp
-  else:
-    dx = _col2im(dp, x.shape, kh, kw, strides, padding)
-  return dx.astype(x.dtype), dw
-
-
-_conv_patches.defvjp(_conv_patches_fwd, _conv_patches_bwd)
 
 
 def _weight_grad_taps(x, g, kh: int, kw: int, padding) -> jax.Array:
@@ -635,7 +580,7 @@ def conv2d_torch(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
   IEEE float32 before the first call is registered (`force_ieee_float32`); a failure
   inside a call fails the computation and is kept for `raise_pending_errors`. Asymmetric padding is applied in JAX first (PyTorch pads
   symmetrically). Not differentiable twice; vmap runs one call per element.
-  Arguments as `conv2d_patches`, plus `dilation` (kernel dilation) and `groups`
+  Arguments as `conv2d_taps`, plus `dilation` (kernel dilation) and `groups`
   (feature groups: the kernel is (kh, kw, C / groups, O)).
   """
   strides, pads = _normalise(x, w, strides, padding, dilation)
@@ -647,9 +592,10 @@ def conv2d_torch(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
                      tuple(int(d) for d in dilation), int(groups))
 
 
-def conv2d_patches(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
-                   padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0))) -> jax.Array:
-  """NHWC x HWIO -> NHWC convolution as im2col + matmul, with a matmul VJP.
+def conv2d_taps(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
+                padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0))) -> jax.Array:
+  """NHWC x HWIO -> NHWC convolution: XLA's forward and input gradient, the weight
+  gradient of stride-1 convs as per-tap GEMMs (`_weight_grad_taps`).
 
   Args:
     x: input (N, H, W, C).
@@ -660,21 +606,13 @@ def conv2d_patches(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
   Returns:
     (N, Ho, Wo, O), equal to `lax.conv_general_dilated` up to float rounding.
   """
-  return _conv_patches(x, w, *_normalise(x, w, strides, padding))
-
-
-def conv2d_taps(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
-                padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0))) -> jax.Array:
-  """NHWC x HWIO -> NHWC convolution: XLA's forward and input gradient, the weight
-  gradient of stride-1 convs as per-tap GEMMs (`_weight_grad_taps`). Arguments as
-  `conv2d_patches`."""
   return _conv_taps(x, w, *_normalise(x, w, strides, padding))
 
 
 def conv2d_barrier(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
                    padding: Sequence[tuple[int, int]] | str = ((0, 0), (0, 0))) -> jax.Array:
   """NHWC x HWIO -> NHWC convolution: XLA's forward and gradients, the backward reading
-  its stored input through an optimisation barrier. Arguments as `conv2d_patches`."""
+  its stored input through an optimisation barrier. Arguments as `conv2d_taps`."""
   return _conv_barrier(x, w, *_normalise(x, w, strides, padding))
 
 
@@ -689,7 +627,7 @@ def _normalise(x, w, strides, padding, dilation=(1, 1)):
   return strides, padding
 
 
-def _patches_applicable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+def _taps_applicable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count) -> bool:
   if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
     return False
@@ -726,7 +664,56 @@ def _output_rows(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers) ->
   return lhs.shape[0] * ho * wo
 
 
-IMPLS = ("xla", "patches", "taps", "barrier", "torch", "unrolled", "im2col")
+def xla_cpu_swaps_operands(in_sizes, kernel_sizes, strides, padding, lhs_dilation,
+                           rhs_dilation) -> bool:
+  """Whether XLA's `ConvOperandSwapper` (`SwapConvolutionOperandsIfBeneficial`, run by
+  the CPU compiler) swaps the input and the kernel of a non-grouped conv with these
+  spatial sizes, strides, (lo, hi) padding and input/kernel dilations, one entry per
+  spatial dim: when the kernel window has more positions than the input over the dims
+  that are not pure contractions. A transcription of that function's test."""
+  kernel_product = swapped_product = 1
+  for n, k, s, (lo, hi), base, win in zip(in_sizes, kernel_sizes, strides, padding,
+                                          lhs_dilation, rhs_dilation):
+    unpadded = lo == 0 and hi == 0 and win == 1
+    if unpadded and ((base == k and s == k - 1) or (k == n and base == 1 and s == 1)):
+      continue                                         # a group or contraction dim
+    kernel_product *= k
+    swapped_product *= (k if n == 1 and s == 1 and win == 1 and lo == hi == k - 1 else n)
+  return kernel_product > swapped_product
+
+
+def swapped_on_cpu(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1,
+                   batch_group_count=1) -> bool:
+  """Whether, on the CPU backend, XLA would run this `lax.conv_general_dilated`, or the
+  input-gradient conv JAX's autodiff makes of it, with swapped operands (the slow form,
+  module docstring), so that "xla" computes it as "im2col" instead. False for grouped
+  convs (XLA does not swap them) and input dilation (not implemented by "im2col")."""
+  if (jax.default_backend() != "cpu" or feature_group_count != 1 or batch_group_count != 1
+      or any(d != 1 for d in (lhs_dilation or ())) or lhs.ndim != rhs.ndim or lhs.ndim < 3):
+    return False
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  sizes = [lhs.shape[d] for d in dn.lhs_spec[2:]]
+  ksizes = [rhs.shape[d] for d in dn.rhs_spec[2:]]
+  nd = len(sizes)
+  strides = tuple(int(v) for v in window_strides)
+  dil = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
+  window = _window(ksizes, dil)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(sizes, window, strides, padding)
+  pads = [(int(lo), int(hi)) for lo, hi in padding]
+  out = [_out_size(n, w, s, lo, hi) for n, w, s, (lo, hi) in zip(sizes, window, strides, pads)]
+  # The input gradient (jax's _conv_general_vjp_lhs_padding): dy dilated by the strides,
+  # padded, against the reversed kernel with the same kernel dilation, stride 1.
+  pads_dx = []
+  for n, w, s, o, (lo, _) in zip(sizes, window, strides, out, pads):
+    before = w - lo - 1
+    pads_dx.append((before, n + w - 1 - ((o - 1) * s + 1) - before))
+  return (xla_cpu_swaps_operands(sizes, ksizes, strides, pads, (1,) * nd, dil)
+          or xla_cpu_swaps_operands(out, ksizes, (1,) * nd, pads_dx, strides, dil))
+
+
+IMPLS = ("xla", "taps", "barrier", "torch", "unrolled", "im2col")
 # `use_impl`'s stack: (impl, the smallest dense conv in output rows it applies to).
 _override: list[tuple[str, int]] = []
 
@@ -810,18 +797,23 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
   Same arguments and result as `lax.conv_general_dilated`. `impl`: "auto" (see
   `resolve_impl`), "xla", "torch" (PyTorch's convolution as XLA:CPU custom calls),
-  "patches" (im2col + matmul, matmul VJP), "taps" (XLA's forward and input
-  gradient, weight gradient as per-tap GEMMs, residual read through an
-  optimisation barrier), "barrier" or "im2col" (`conv_im2col`: raises ValueError for
-  what it does not implement). Cases the other lowerings do not implement use
-  XLA's convolution: for "torch", anything but 2-D NHWC/HWIO float32/float64
-  without input dilation or batch groups; for the others also kernel dilation and
-  feature groups; `preferred_element_type` for all.
+  "im2col" (`conv_im2col`: raises ValueError for what it does not implement), "taps"
+  (XLA's forward and input gradient, weight gradient as per-tap GEMMs, residual read
+  through an optimisation barrier), "barrier" or "unrolled". Cases the other lowerings
+  do not implement use XLA's convolution: for "torch", anything but 2-D NHWC/HWIO
+  float32/float64 without input dilation or batch groups; for "taps" and "barrier" also
+  kernel dilation and feature groups; `preferred_element_type` for all. On the CPU,
+  wherever XLA's convolution would run (also for "unrolled" and the fallbacks), a conv
+  that XLA would run with swapped operands is "im2col" (`swapped_on_cpu`).
   """
   # Only "auto" inside `use_impl("torch")` looks at the conv's size (`resolve_impl`).
   rows = (_output_rows(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers)
           if impl == "auto" and _override and _override[-1][0] == "torch" else None)
   impl = resolve_impl(impl, rows=rows, groups=feature_group_count)
+  args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+          feature_group_count, batch_group_count)
+  if impl in ("xla", "unrolled") and swapped_on_cpu(*args):
+    impl = "im2col"
   if impl == "torch":
     if preferred_element_type is None and _torch_applicable(
         lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count):
@@ -837,15 +829,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                        dimension_numbers, feature_group_count, batch_group_count, precision,
                        preferred_element_type)
-  elif impl != "xla" and preferred_element_type is None and _patches_applicable(
+  elif impl in ("taps", "barrier") and preferred_element_type is None and _taps_applicable(
       lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
       batch_group_count):
     strides, pads = _normalise(lhs, rhs, window_strides, padding)
-    if impl == "patches":
-      return _conv_patches(lhs, rhs, strides, pads)
     if impl == "barrier":
       return _conv_barrier(lhs, rhs, strides, pads)
     return _conv_taps(lhs, rhs, strides, pads)
+  if impl != "xla" and swapped_on_cpu(*args):   # a fallback of "torch", "taps", ...
+    return conv_im2col(*args[:-2], feature_group_count, batch_group_count, precision,
+                       preferred_element_type)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -922,6 +915,10 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   gains a batch dimension, a batched GEMM, where `lax.conv_general_dilated`'s batching
   rule makes one grouped convolution (slow on XLA:CPU). Raises ValueError for input
   dilation and batch groups (only the transposes of convolutions use them).
+
+  Differentiated by JAX through `jax.checkpoint`: the backward recomputes the patches
+  from the stored input instead of keeping them (kh*kw times the input's size) alive
+  from the forward to the backward.
   """
   if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
     raise ValueError(f"conv impl 'im2col' does not implement input (lhs) dilation, got "
@@ -934,47 +931,52 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     raise ValueError(f"conv impl 'im2col' needs lhs and rhs of the same rank >= 3, got "
                      f"{lhs.shape} and {rhs.shape}")
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  # To channels-last: lhs (N, *spatial, C), rhs (*spatial, I, O); no-ops for NHWC/HWIO.
-  x = lax.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
-  w = lax.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+  # Channels-last inside: lhs (N, *spatial, C), rhs (*spatial, I, O) (no-op transposes
+  # for NHWC/HWIO).
+  sizes = tuple(lhs.shape[d] for d in dn.lhs_spec[2:])
+  ksize = tuple(rhs.shape[d] for d in dn.rhs_spec[2:])
   strides = tuple(int(s) for s in window_strides)
   dil = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
-  ksize = w.shape[:nd]
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x.shape[1:-1], _window(ksize, dil), strides, padding)
+    padding = lax.padtype_to_pads(sizes, _window(ksize, dil), strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   g = int(feature_group_count)
-  c, o = x.shape[-1], w.shape[-1]
-  if w.shape[-2] * g != c or o % g:
+  c, o = lhs.shape[dn.lhs_spec[1]], rhs.shape[dn.rhs_spec[0]]
+  if rhs.shape[dn.rhs_spec[1]] * g != c or o % g:
     raise ValueError(f"conv impl 'im2col': kernel {rhs.shape} does not fit input {lhs.shape} "
                      f"with feature_group_count={g}")
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
-                                           (0, 0, 0)))
-  out = tuple(_out_size(size, k, s, 0, 0) for size, k, s
-              in zip(xp.shape[1:-1], _window(ksize, dil), strides))
+  out = tuple(_out_size(size, k, s, lo, hi) for size, k, s, (lo, hi)
+              in zip(sizes, _window(ksize, dil), strides, pads))
   if any(v <= 0 for v in out):
     raise ValueError(f"conv impl 'im2col': empty output {out} for input {lhs.shape}")
-  n = x.shape[0]
-  cols = []
-  for tap in np.ndindex(*ksize):
-    start = tuple(t * d for t, d in zip(tap, dil))
-    cols.append(lax.slice(xp, (0, *start, 0),
-                          (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start, out, strides)),
-                           c),
-                          (1, *strides, 1)))
-  p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  taps = len(cols)
-  if g == 1:
-    y = lax.dot_general(p, w.reshape(taps * c, o), (((p.ndim - 1,), (0,)), ((), ())),
-                        precision=precision, preferred_element_type=preferred_element_type)
-  else:
-    cg, og = c // g, o // g
-    p = p.reshape(*p.shape[:-1], taps, g, cg)                 # (..., taps, g, cg)
-    wk = w.reshape(taps, cg, g, og)
-    # dot_general puts the batch dim (g) first: (g, N, *out, og).
-    y = lax.dot_general(p, wk, (((p.ndim - 3, p.ndim - 1), (0, 1)), ((p.ndim - 2,), (2,))),
-                        precision=precision, preferred_element_type=preferred_element_type)
-    y = jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], o)
-  # Back to the requested output layout.
   inv = np.argsort((dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1]))
-  return lax.transpose(y, tuple(int(i) for i in inv))
+
+  def im2col(lhs, rhs):
+    x = lax.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+    w = lax.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                             (0, 0, 0)))
+    n = x.shape[0]
+    cols = []
+    for tap in np.ndindex(*ksize):
+      start = tuple(t * d for t, d in zip(tap, dil))
+      cols.append(lax.slice(xp, (0, *start, 0),
+                            (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start, out, strides)),
+                             c),
+                            (1, *strides, 1)))
+    p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    taps = len(cols)
+    if g == 1:
+      y = lax.dot_general(p, w.reshape(taps * c, o), (((p.ndim - 1,), (0,)), ((), ())),
+                          precision=precision, preferred_element_type=preferred_element_type)
+    else:
+      cg, og = c // g, o // g
+      p = p.reshape(*p.shape[:-1], taps, g, cg)                 # (..., taps, g, cg)
+      wk = w.reshape(taps, cg, g, og)
+      # dot_general puts the batch dim (g) first: (g, N, *out, og).
+      y = lax.dot_general(p, wk, (((p.ndim - 3, p.ndim - 1), (0, 1)), ((p.ndim - 2,), (2,))),
+                          precision=precision, preferred_element_type=preferred_element_type)
+      y = jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], o)
+    return lax.transpose(y, tuple(int(i) for i in inv))   # back to the requested layout
+
+  return jax.checkpoint(im2col)(lhs, rhs)
