@@ -21,9 +21,14 @@ of `:vgg19` (2026-12-03, the quiet 2-core CPU, model.conv="auto";
 `"--config.ticket_vs_finetune.learning_rates=(0.1,)" --config.num_steps=20
 --config.data.max_eval_examples=512` on the 10k-image subset zip of `python
 benchmarks/imp_results.py subset`): 11.0 s a dense VGG-19 step at batch 128 (steps 5-15;
-stopped there), so one 160-epoch training is about 8 CPU-days and the sweep's 12
-trainings about 95. That is about 10x what the FLOPs (about 150 GFLOP a step) predict
-at this CPU's GEMM rate, not yet explained. `:mobilenet_v2`, the same smoke run to the
+stopped there), about 10x what its FLOPs (305 GFLOP of convs a step) predict at this CPU's
+GEMM rate. The cause: its four 3x3 convs on 2x2 maps, which XLA ran with swapped operands
+at 0.6 GFLOP per CPU-second (30 of a gradient's 34 CPU-s); since 71755c9 "xla" computes
+them as im2col, and the gradient at batch 128 takes 0.13x the CPU time (0.16x the wall
+time) it took (BENCHMARKS.md "VGG-19 on the CPU", side by side on a busy machine).
+Projected, not re-run: about 1.5-1.8 s a step on the quiet CPU, so one 160-epoch training
+(62,500 steps) is about 1.1-1.3 CPU-days and the sweep's 12 trainings about 13-16 (it was
+8 and 95). `:mobilenet_v2`, the same smoke run to the
 end (all four stages, 20 steps each; 2026-12-03): 0.77 s a step at batch 128, so one
 160-epoch training is about 13 hours and the sweep about 7 CPU-days; its 20-step
 accuracies (9-12%) say only that every stage runs.

@@ -72,3 +72,18 @@ def test_siblings_results_collects_an_unfinished_sweep_from_its_overlaps(tmp_pat
   assert "| 0.5 | 0.6000 (n=1) | 0.1000 (n=1) | 0.6000 (n=1) | 0.1000 (n=1) |" in text
   assert "| 0.5 | 90% | - | - | - | 0.4000 (n=1) |" in text
   assert {"siblings_overlap.png", "siblings_arms.png"} <= set(os.listdir(tmp_path / "fig"))
+
+
+def test_conv_rates_times_vgg19_convs_before_and_after_the_swap_fix(capsys):
+  sys.path.insert(0, BENCH)
+  try:
+    import conv_rates  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(BENCH)
+  convs = conv_rates.model_convs("jackpot_vgg19", 2)
+  assert sum(c[-1] for c in convs) == 17 and len(convs) == 10   # every conv, also the 2x2 ones
+  conv_rates.main(["--models", "jackpot_vgg19", "--batch", "2", "--impls", "xla,xla-swapped",
+                   "--repeats", "1", "--no-model", "--only", "2x2x2x512"])
+  out = capsys.readouterr().out
+  assert "| 2x2x2x512 | 3x3x512x512 | 1x1 | 4 | xla |" in out
+  assert "| 2x2x2x512 | 3x3x512x512 | 1x1 | 4 | xla-swapped |" in out
