@@ -129,7 +129,7 @@ def collect(root: str) -> str:
   groups = {ds: [S[f"{pre}_s{s}"] for s in (0, 1, 2) if S[f"{pre}_s{s}"]]
             for ds, pre in (("digits", "digits"), ("mnist1d", "mnist1d"),
                             ("mnist1d, S = 10", "mnist1d_S10"),
-                            ("CIFAR-10 subset, ResNet-20 x1/2", "cifar10"))}
+                            ("CIFAR-10 subset, ResNet-20 x1/4", "cifar10"))}
   groups = {ds: g for ds, g in groups.items() if g} or {"digits": []}
   lines = []
   fig, axs = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)

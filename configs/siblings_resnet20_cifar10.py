@@ -23,15 +23,17 @@ evidence, `imp_results.py subset`):
       --config=configs/siblings_resnet20_cifar10.py:folder=runs/cifar/cifar10-train10k.zip,subset \
       --workdir=runs/siblings/cifar10_s0
 
-ResNet-20 at a quarter of its width (stages 4/8/16 channels, 17k weights), the same
+ResNet-20 at a quarter of its width (stages of 4/8/16 channels), the same
 recipe (SGD 0.1, momentum 0.9, wd 1e-4, batch 128, crop + flip) compressed to one
 epoch of the subset (78 steps, lr x0.1 at 50% and 75%), S = 4 siblings
 (`model.conv="unrolled"`), k in {0, 0.125, 0.25, 0.5} epochs (0, 10, 20, 39 steps),
 one-shot masks at 80% and 90%, union / intersection / one-shot retrained from
 theta_k; scored on a fixed random 2,000 of the 10k test images (0.05 points an image).
-Measured (2026-12-03, 2 cores shared with a training run and other jobs, load 15-20,
-nice 19): 9-10 s a vmapped step of the 4 siblings (full width: 35 s), stage start-up
-(data, compile, first eval) 2-4 min; one seed about 3 h at that load.
+Measured (2026-12-03, 2 cores shared with a training run and other jobs, load average
+10-28, nice 19): 9-17 s a vmapped step of the 4 siblings (35 s at full width, 9 s at
+quarter width in a smoke at load 15), 2-5 min per stage before its first step (data,
+first evaluation, compilation); the siblings of every k (phase 1: 7 stages, 243 vmapped
+steps) 77 min; the 24 retrainings (1,458 single-copy steps) not yet timed.
 """
 
 from lottery_jax import recipes
