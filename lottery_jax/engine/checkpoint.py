@@ -253,8 +253,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: dict, meta: dict) -> None:
     # Orbax serialises the JSON items in the background write, after `save` returns;
-    # the caller goes on mutating what it passed (the loop appends to its history), so
-    # the checkpoint takes its own copies now.
+    # the caller may go on mutating what it passed (the loop once appended to a
+    # history list in meta), so the checkpoint takes its own copies now.
     meta, data_state = copy.deepcopy(meta), copy.deepcopy(data_state)
     paths, host = _host_leaves(state)
     meta = {**meta, DIGEST_KEY: None if host is None else _digest(paths, host)}

@@ -40,6 +40,7 @@ from lottery_jax import models
 from lottery_jax.engine import analyses
 from lottery_jax.engine import config as config_lib
 from lottery_jax.engine import faults
+from lottery_jax.engine import history as history_lib
 from lottery_jax.engine import io
 from lottery_jax.engine import lock
 from lottery_jax.engine import monitor
@@ -418,11 +419,14 @@ def _run_locked(r: Run, config, workdir: str) -> dict[str, Any]:
   latest = checkpointer.latest_step()
   if latest is not None:
     _check_layout(checkpointer, latest, layout_json, ckpt_dir, config.allow_config_change)
+  # summary.json's history: the rows since the last checkpoint in memory, the rest in
+  # <workdir>/history/ (one file per checkpoint interval; engine/history.py).
+  history = history_lib.History(root, lead=lead)
   good = checkpointer.restore_latest_good(state)
   if good is not None:
     latest, state, data_state, saved_meta = good
     # The log rows up to the checkpoint; those after it are logged again, identically.
-    history = list(saved_meta.get("history", []))
+    history.resume(latest, saved_meta)
     train_iter.set_state(data_state)
     start_step = latest
     log.info("resumed from %s at step %d", ckpt_dir, latest)
@@ -432,8 +436,6 @@ def _run_locked(r: Run, config, workdir: str) -> dict[str, Any]:
     log.info("forked from %s at step %d", r.fork.workdir, r.fork.step)
   else:
     start_step = 0
-  if good is None:
-    history = []
 
   if lead and not initial_path.exists():
     io.write_json(initial_path, initial_eval)
@@ -489,7 +491,8 @@ def _run_locked(r: Run, config, workdir: str) -> dict[str, Any]:
           with jax.transfer_guard("allow"):
             _raise_if_bad(jax.device_get(state.bad_step), checkpointer)
           checkpointer.save(step, state, train_iter.get_state(),
-                            {"step": step, **meta, "history": history})
+                            {"step": step, **meta,
+                             history_lib.META_KEY: history.checkpoint(step)})
         if preemption.requested:
           checkpointer.wait()
           raise Preempted(143)
@@ -507,7 +510,7 @@ def _run_locked(r: Run, config, workdir: str) -> dict[str, Any]:
   final_eval = r.evaluate(state)
   wall = time.time() - start_time
   summary = summarize(r, state, initial_eval=initial_eval, final_eval=final_eval,
-                      history=history, wall_time_s=wall, config_json=config_json)
+                      history=history.rows(), wall_time_s=wall, config_json=config_json)
   if lead:
     export_stage(workdir, r, state)
   log.info("%s: final eval accuracy %.4f loss %.4f after %d steps (%.0f s)", workdir,
