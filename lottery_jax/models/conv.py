@@ -12,9 +12,9 @@ Every model conv goes through `conv_general_dilated` (plugged into
   XLA:CPU custom calls that read and write XLA's buffers in place (`conv2d_torch`).
 * "im2col": the input's shifted slices concatenated on the channel axis + one matmul,
   in plain jnp (`conv_im2col`; any spatial rank, strides, padding, kernel dilation,
-  feature groups), differentiated by JAX with the patches recomputed in the backward
-  (`jax.checkpoint`: only the conv's input and kernel are stored, so the backward is
-  `dW = patches^T @ dy` and `dpatches = dy @ W^T` scattered back by padded adds). Under
+  feature groups), differentiated by JAX (`dW = patches^T @ dy`, `dpatches = dy @ W^T`
+  scattered back by padded adds; the "patches" lowering, the same with a hand-written
+  VJP, was folded into it, BENCHMARKS.md "VGG-19 on the CPU"). Under
   the siblings' vmap each per-copy kernel becomes a batched GEMM instead of a grouped
   convolution; measured slower than "unrolled" for siblings on the CPU and 2-4x slower
   than "xla" per ordinary conv (BENCHMARKS.md), so it is not a `config.model.conv` choice.
@@ -915,10 +915,6 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   gains a batch dimension, a batched GEMM, where `lax.conv_general_dilated`'s batching
   rule makes one grouped convolution (slow on XLA:CPU). Raises ValueError for input
   dilation and batch groups (only the transposes of convolutions use them).
-
-  Differentiated by JAX through `jax.checkpoint`: the backward recomputes the patches
-  from the stored input instead of keeping them (kh*kw times the input's size) alive
-  from the forward to the backward.
   """
   if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
     raise ValueError(f"conv impl 'im2col' does not implement input (lhs) dilation, got "
@@ -931,52 +927,47 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     raise ValueError(f"conv impl 'im2col' needs lhs and rhs of the same rank >= 3, got "
                      f"{lhs.shape} and {rhs.shape}")
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  # Channels-last inside: lhs (N, *spatial, C), rhs (*spatial, I, O) (no-op transposes
-  # for NHWC/HWIO).
-  sizes = tuple(lhs.shape[d] for d in dn.lhs_spec[2:])
-  ksize = tuple(rhs.shape[d] for d in dn.rhs_spec[2:])
+  # To channels-last: lhs (N, *spatial, C), rhs (*spatial, I, O); no-ops for NHWC/HWIO.
+  x = lax.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+  w = lax.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
   strides = tuple(int(s) for s in window_strides)
   dil = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
+  ksize = w.shape[:nd]
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(sizes, _window(ksize, dil), strides, padding)
+    padding = lax.padtype_to_pads(x.shape[1:-1], _window(ksize, dil), strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   g = int(feature_group_count)
-  c, o = lhs.shape[dn.lhs_spec[1]], rhs.shape[dn.rhs_spec[0]]
-  if rhs.shape[dn.rhs_spec[1]] * g != c or o % g:
+  c, o = x.shape[-1], w.shape[-1]
+  if w.shape[-2] * g != c or o % g:
     raise ValueError(f"conv impl 'im2col': kernel {rhs.shape} does not fit input {lhs.shape} "
                      f"with feature_group_count={g}")
-  out = tuple(_out_size(size, k, s, lo, hi) for size, k, s, (lo, hi)
-              in zip(sizes, _window(ksize, dil), strides, pads))
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                           (0, 0, 0)))
+  out = tuple(_out_size(size, k, s, 0, 0) for size, k, s
+              in zip(xp.shape[1:-1], _window(ksize, dil), strides))
   if any(v <= 0 for v in out):
     raise ValueError(f"conv impl 'im2col': empty output {out} for input {lhs.shape}")
+  n = x.shape[0]
+  cols = []
+  for tap in np.ndindex(*ksize):
+    start = tuple(t * d for t, d in zip(tap, dil))
+    cols.append(lax.slice(xp, (0, *start, 0),
+                          (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start, out, strides)),
+                           c),
+                          (1, *strides, 1)))
+  p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  taps = len(cols)
+  if g == 1:
+    y = lax.dot_general(p, w.reshape(taps * c, o), (((p.ndim - 1,), (0,)), ((), ())),
+                        precision=precision, preferred_element_type=preferred_element_type)
+  else:
+    cg, og = c // g, o // g
+    p = p.reshape(*p.shape[:-1], taps, g, cg)                 # (..., taps, g, cg)
+    wk = w.reshape(taps, cg, g, og)
+    # dot_general puts the batch dim (g) first: (g, N, *out, og).
+    y = lax.dot_general(p, wk, (((p.ndim - 3, p.ndim - 1), (0, 1)), ((p.ndim - 2,), (2,))),
+                        precision=precision, preferred_element_type=preferred_element_type)
+    y = jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], o)
+  # Back to the requested output layout.
   inv = np.argsort((dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1]))
-
-  def im2col(lhs, rhs):
-    x = lax.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
-    w = lax.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
-                                             (0, 0, 0)))
-    n = x.shape[0]
-    cols = []
-    for tap in np.ndindex(*ksize):
-      start = tuple(t * d for t, d in zip(tap, dil))
-      cols.append(lax.slice(xp, (0, *start, 0),
-                            (n, *(st + (m - 1) * s + 1 for st, m, s in zip(start, out, strides)),
-                             c),
-                            (1, *strides, 1)))
-    p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    taps = len(cols)
-    if g == 1:
-      y = lax.dot_general(p, w.reshape(taps * c, o), (((p.ndim - 1,), (0,)), ((), ())),
-                          precision=precision, preferred_element_type=preferred_element_type)
-    else:
-      cg, og = c // g, o // g
-      p = p.reshape(*p.shape[:-1], taps, g, cg)                 # (..., taps, g, cg)
-      wk = w.reshape(taps, cg, g, og)
-      # dot_general puts the batch dim (g) first: (g, N, *out, og).
-      y = lax.dot_general(p, wk, (((p.ndim - 3, p.ndim - 1), (0, 1)), ((p.ndim - 2,), (2,))),
-                          precision=precision, preferred_element_type=preferred_element_type)
-      y = jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], o)
-    return lax.transpose(y, tuple(int(i) for i in inv))   # back to the requested layout
-
-  return jax.checkpoint(im2col)(lhs, rhs)
+  return lax.transpose(y, tuple(int(i) for i in inv))
