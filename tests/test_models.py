@@ -15,6 +15,7 @@ PARAM_COUNTS = {
     ("resnet34", 1000): 21_797_672,
     ("resnet50", 1000): 25_557_032,
     ("mobilenet_v2", 1000): 3_504_872,
+    ("cifar_resnet18", 10): 11_173_962,
     ("cifar_resnet20", 10): 269_722,
     ("cifar_resnet32", 10): 464_154,
     ("cifar_resnet56", 10): 853_018,
@@ -32,6 +33,7 @@ PARAM_COUNTS = {
 # needs an exact size keep it.
 FORWARD_SHAPES = {
     "resnet18": (32, 32, 3),
+    "cifar_resnet18": (16, 16, 3),
     "mobilenet_v2": (32, 32, 3),
 }
 # Compiling these on a shared 2-core CPU is slow; they share their code with

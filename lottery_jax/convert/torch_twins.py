@@ -70,13 +70,16 @@ class TVBottleneck(nn.Module):
 class TVResNet(nn.Module):
   """torchvision.models.ResNet (v1.5)."""
 
-  def __init__(self, block, layers, num_classes=1000):
+  def __init__(self, block, layers, num_classes=1000, cifar_stem=False):
     super().__init__()
     self.inplanes = 64
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    # The CIFAR stem as CIFAR code writes it with torchvision: conv1 replaced by a
+    # 3x3/1 conv, maxpool by nn.Identity (same state-dict keys).
+    self.conv1 = (nn.Conv2d(3, 64, 3, 1, 1, bias=False) if cifar_stem
+                  else nn.Conv2d(3, 64, 7, 2, 3, bias=False))
     self.bn1 = nn.BatchNorm2d(64)
     self.relu = nn.ReLU()
-    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, 2, 1)
     self.layer1 = self._make_layer(block, 64, layers[0])
     self.layer2 = self._make_layer(block, 128, layers[1], 2)
     self.layer3 = self._make_layer(block, 256, layers[2], 2)
@@ -219,14 +222,16 @@ class JackpotVGGTorch(nn.Module):
     return self.classifier(self.features(x)).flatten(1)
 
 
-NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "cifar_resnet20",
-         "jackpot_resnet32", "jackpot_vgg19")
+NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "cifar_resnet18",
+         "cifar_resnet20", "jackpot_resnet32", "jackpot_vgg19")
 
 
 def make_torch(name: str, num_classes: int) -> nn.Module:
   """The PyTorch twin of the registered model `name` (one of `NAMES`)."""
   if name == "resnet18":
     return TVResNet(TVBasicBlock, [2, 2, 2, 2], num_classes)
+  if name == "cifar_resnet18":
+    return TVResNet(TVBasicBlock, [2, 2, 2, 2], num_classes, cifar_stem=True)
   if name == "resnet34":
     return TVResNet(TVBasicBlock, [3, 4, 6, 3], num_classes)
   if name == "resnet50":

@@ -1,4 +1,9 @@
-"""ImageNet ResNets in the torchvision layout (ResNet v1.5: stride on the 3x3 conv).
+"""ResNets in the torchvision layout (ResNet v1.5: stride on the 3x3 conv).
+
+`resnet18/34/50` have the ImageNet stem (7x7/2 conv, 3x3/2 max-pool). `cifar_resnet18`
+is the CIFAR ResNet-18 of edge-popup (Ramanujan et al., `cResNet18`) and of most CIFAR
+pruning papers: a 3x3 stride-1 stem and no max-pool, so 32x32 inputs reach the first
+stage at 32x32 (the ImageNet stem cuts them to 8x8), with torchvision's key names.
 
 Flax paths mirror torchvision's state-dict keys with `.` as `_`
 (`layer2.0.downsample.0.weight` is `params["layer2_0"]["downsample_0"]["kernel"]`),
@@ -74,13 +79,15 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """torchvision ResNet: 7x7/2 stem, 3x3/2 max-pool, four stages, global pool, `fc`.
+  """torchvision ResNet: stem, four stages, global pool, `fc`.
 
   Attributes:
     block: `BasicBlock` or `Bottleneck`.
     layers: blocks per stage.
     num_classes: outputs of `fc`.
     bn_affine: learnable BatchNorm scale/bias (False for strong tickets).
+    stem: "imagenet" (7x7/2 conv `conv1`, then a 3x3/2 max-pool) or "cifar" (3x3/1
+      conv `conv1`, no max-pool).
     dtype: computation dtype (params stay float32).
   """
 
@@ -88,15 +95,22 @@ class ResNet(nn.Module):
   layers: tuple[int, ...]
   num_classes: int = 1000
   bn_affine: bool = True
+  stem: str = "imagenet"
   dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = conv2d(64, 7, stride=2, dtype=self.dtype, name="conv1")(x)
+    if self.stem not in ("imagenet", "cifar"):
+      raise ValueError(f"ResNet stem={self.stem!r} is not one of 'imagenet', 'cifar'")
+    if self.stem == "imagenet":
+      x = conv2d(64, 7, stride=2, dtype=self.dtype, name="conv1")(x)
+    else:
+      x = conv2d(64, 3, stride=1, dtype=self.dtype, name="conv1")(x)
     x = BatchNorm(use_running_average=not train, affine=self.bn_affine, dtype=self.dtype,
                   name="bn1")(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad2d(1))
+    if self.stem == "imagenet":
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad2d(1))
     in_planes = 64
     for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), self.layers)):
       for i in range(blocks):
@@ -131,3 +145,10 @@ def resnet34(num_classes: int = 1000, **kw) -> ResNet:
 def resnet50(num_classes: int = 1000, **kw) -> ResNet:
   """ResNet-50 (25,557,032 params at 1000 classes). kw: `bn_affine`, `dtype`."""
   return _resnet(Bottleneck, (3, 4, 6, 3), num_classes, **kw)
+
+
+@register("cifar_resnet18", input_shape=(32, 32, 3), classifier=("fc",), family="cifar")
+def cifar_resnet18(num_classes: int = 10, **kw) -> ResNet:
+  """CIFAR ResNet-18 (3x3/1 stem, no max-pool; 11,173,962 params at 10 classes, the
+  figure of edge-popup's and kuangliu's cResNet18). kw: `bn_affine`, `dtype`."""
+  return _resnet(BasicBlock, (2, 2, 2, 2), num_classes, stem="cifar", **kw)
