@@ -1,6 +1,6 @@
 """Back-to-back checkpoint saves of the soak's TrainState: RssAnon growth per save.
 
-Run:  nice -n 19 python benchmarks/checkpoint_saves.py MODE [N] [CSV]
+Run:  nice -n 19 python benchmarks/checkpoint_saves.py MODE [N] [CSV] [--arena-max=K]
   MODE per_leaf: the state saved one array per leaf (65 arrays; every checkpoint
                  written before packing), by turning `checkpoint.pack` off
   MODE packed:   the Checkpointer's default, one array per dtype (5 arrays)
@@ -10,8 +10,10 @@ search on random weights), saves it N times (default 300) with `Checkpointer`
 (malloc_trim on, as by default), waiting for each save, and prints the least-squares
 slope of the process's RssAnon against the save count after the first 20% (the
 warm-up), in KiB per save; CSV (optional) gets save,rss_anon_kib rows. Isolates the
-memory Orbax and TensorStore keep per save from the training loop's. Measured: see
-docs/reliability.md ("Soak").
+memory Orbax and TensorStore keep per save from the training loop's. `--arena-max=K`
+caps glibc's malloc arenas at K first thing (`config.malloc_arena_max`,
+engine/malloc.py), before JAX starts its threads. Measured: see docs/reliability.md
+("Soak").
 """
 
 import importlib.util
@@ -21,6 +23,12 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+ARENA_MAX = [int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--arena-max=")]
+sys.argv[1:] = [a for a in sys.argv[1:] if not a.startswith("--arena-max=")]
+if ARENA_MAX and ARENA_MAX[-1]:
+  from lottery_jax.engine import malloc  # noqa: E402  (before JAX starts its threads)
+  malloc.limit_arenas(ARENA_MAX[-1])
 
 import tempfile  # noqa: E402
 
@@ -62,7 +70,9 @@ def main(argv) -> int:
   a = np.array(rows, np.float64)
   keep = a[:, 0] >= 0.2 * n
   slope = np.polyfit(a[keep, 0], a[keep, 1], 1)[0]
-  print(f"{mode}: {n} saves, RssAnon slope {slope:+.1f} KiB per save "
+  from lottery_jax.engine import malloc
+  print(f"{mode}: {n} saves, {malloc.arena_count()} malloc arenas, "
+        f"RssAnon slope {slope:+.1f} KiB per save "
         f"({a[keep, 1][0]:.0f} -> {a[-1, 1]:.0f} KiB)")
   return 0
 

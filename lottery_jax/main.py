@@ -64,11 +64,20 @@ def main(argv):
   # Orbax and Grain log every save at INFO through absl; keep the console to ours.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("lottery_jax").setLevel(logging.INFO)
+  config = FLAGS.config
+  arena_max = config.get("malloc_arena_max", 0)
+  if arena_max:
+    # Before JAX starts XLA's threads: glibc fixes its arena limit once they have
+    # made their arenas (engine/malloc.py). Opt-in; it fails loudly, not silently.
+    from lottery_jax.engine import malloc
+    try:
+      malloc.limit_arenas(arena_max)
+    except ValueError as e:
+      _fail(str(e))
   from lottery_jax import experiments
   from lottery_jax.engine.errors import (DiskFullError, NonFiniteLossError,
                                          WorkdirInUseError)
   from lottery_jax.models.conv import ConvolutionError
-  config = FLAGS.config
   try:
     experiments.run(config, FLAGS.workdir)
   except NonFiniteLossError as e:

@@ -17,7 +17,7 @@ from lottery_jax.engine.errors import ConfigError
 # Fields that may change between a run and its resumption without changing results.
 RESUME_NEUTRAL = (
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "checkpoint_release_memory", "progress_bar",
+    "checkpoint_release_memory", "malloc_arena_max", "progress_bar",
     "allow_config_change", "data.num_workers", "analysis.saliency_batches",
     "tensorboard",
 )
@@ -181,6 +181,10 @@ def base_config() -> ml_collections.ConfigDict:
   # (glibc's malloc_trim; a no-op elsewhere): Orbax saves in new threads whose malloc
   # arenas otherwise keep their high-water marks (docs/reliability.md, "Soak").
   c.checkpoint_release_memory = True
+  # glibc's malloc arenas capped at this many (mallopt M_ARENA_MAX, set by
+  # lottery_jax.main before JAX starts its threads); 0: glibc's default (8 per core).
+  # Opt-in: engine/malloc.py, docs/reliability.md ("Soak").
+  c.malloc_arena_max = 0
   c.eval_every_epochs = 0.0     # 0: evaluate at the start and the end only
   c.progress_bar = True         # shown only when stdout is a terminal
   c.tensorboard = True
@@ -320,6 +324,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, ">= 1")
   need(isinstance(c.checkpoint_release_memory, bool), "checkpoint_release_memory",
        c.checkpoint_release_memory, "True or False")
+  arena_max = c.get("malloc_arena_max", 0)
+  need(isinstance(arena_max, int) and not isinstance(arena_max, bool) and arena_max >= 0,
+       "malloc_arena_max", arena_max, "an int >= 0 (0: glibc's default)")
 
 
 def flatten(c: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:

@@ -43,6 +43,7 @@ from lottery_jax.engine import faults
 from lottery_jax.engine import history as history_lib
 from lottery_jax.engine import io
 from lottery_jax.engine import lock
+from lottery_jax.engine import malloc
 from lottery_jax.engine import monitor
 from lottery_jax.engine import programs
 from lottery_jax.engine.checkpoint import Checkpointer
@@ -410,6 +411,8 @@ def _run_locked(r: Run, config, workdir: str) -> dict[str, Any]:
     io.write_json(root / "config.json", config_json)
 
   release = config.get("checkpoint_release_memory", True)
+  # Said here, in the run's log, if the arena limit came too late (engine/malloc.py).
+  malloc.check_arena_limit(config.get("malloc_arena_max", 0))
   checkpointer = Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
                               release_memory=release)
   rewinder = (Checkpointer(root / REWIND_DIR, keep=None, release_memory=release)
