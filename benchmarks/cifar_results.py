@@ -100,7 +100,7 @@ CAP = int(os.environ.get("CIFAR_RESULTS_CAP", "2"))  # max_swaps per layer per s
 
 
 def runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
-  return {**subset_runs(sub_zip, full_zip), **full_runs(full_zip)}
+  return {**subset_runs(sub_zip, full_zip), **full_runs(full_zip), **bn_runs(full_zip)}
 
 
 def subset_runs(sub_zip: str = SUB_ZIP, full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
@@ -206,6 +206,37 @@ def full_runs(full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
   return out
 
 
+# BatchNorm re-estimation on a finished run's final network (diagnosis of jackpot95_s0,
+# 2026-12-03: its final eval read 69.25% against 78.58% ten steps earlier). The run's
+# exported network (masked weights and BN statistics) is loaded as `pretrained`, then
+# half an epoch (98 steps of batch 256, the search's augmented train stream) runs in
+# training mode at learning rate 0: weights, masks and BN scale/shift stay bitwise
+# as they were, and only the running statistics (PyTorch momentum 0.1) follow the
+# final mask. No weight is trained. The controls are networks whose statistics were
+# already gathered under their final mask: the dense pretrained network, the fine-tuned
+# arms (mask fixed, weights trained) and the BN-re-estimation arms (mask fixed).
+BN_REESTIMATE = ("--config.mask.program=dense", "--config.sparsity=0.0",
+                 "--config.mask.update_rule=", "--config.optimizer.learning_rate=0.0",
+                 "--config.optimizer.weight_decay=0.0", "--config.analysis.enabled=False")
+BN_SOURCES = tuple(f"{arm}{sp}_s{s}" for sp in (90, 95) for arm in ("jackpot", "finetune")
+                   for s in FULL_SEEDS) + (
+    "bnrecal90_s0", "bnrecal95_s0", "random90_s0", "random90_s1", "random90_s2",
+    "random90_e30_s0")
+
+
+def bn_runs(full_zip: str = FULL_ZIP) -> dict[str, list[str]]:
+  """`full/bn/<source>`: BN re-estimation of finished run `full/<source>`, and
+  `full/bn/dense` of the pretrained network. `{root}` in an argument is the --root."""
+  def args(pretrained: str) -> list[str]:
+    a = full_args(full_zip, 0.0, 0, epochs=0.5, eval_every=0.0, extra=BN_REESTIMATE)
+    return [f"--config.pretrained={pretrained}" if x.startswith("--config.pretrained=")
+            else x for x in a]
+  out = {"full/bn/dense": args(FULL_CKPT)}
+  for src in BN_SOURCES:
+    out[f"full/bn/{src}"] = args(os.path.join("{root}", "full", src))
+  return out
+
+
 # The order `run full` takes: one seed of every 90% arm first, then the other seeds.
 FULL_ORDER = (
     "full/jackpot90_s0", "full/finetune90_s0", "full/bnrecal90_s0", "full/random90_s0",
@@ -219,7 +250,7 @@ FULL_ORDER = (
 
 
 def command(name: str, root: str, **kw) -> list[str]:
-  return ev.command(runs(**kw)[name], root, name)
+  return ev.command([a.replace("{root}", root) for a in runs(**kw)[name]], root, name)
 
 
 def run(names: list[str], root: str, **kw) -> None:
@@ -467,6 +498,42 @@ def collect_full(root: str, dense: float | None) -> str:
                  f"{pct(acc(f'full/finetune{sp}_lr0.1_s0'))} | {gap} |")
   lines.append("")
 
+  # BatchNorm re-estimation of each finished network on its final mask (bn_runs).
+  B = {n: load(root, n) for n in bn_runs()}
+  rows = [("dense (the pretrained network)", "full/bn/dense")] + [
+      (f"full/{src}", f"full/bn/{src}") for src in BN_SOURCES]
+  done_rows = [(label, n) for label, n in rows if B.get(n)]
+  if done_rows:
+    lines += ["### Full data: BatchNorm re-estimation on the final mask", "",
+              "Each finished network's running statistics re-estimated on its own final "
+              f"mask: {B[done_rows[0][1]]['steps']} steps (half an epoch, batch 256, "
+              "augmented train images) in "
+              "training mode at learning rate 0, so weights, masks and BN scale/shift are "
+              "bitwise unchanged (`full/bn/<run>`, seed 0 data order). Before = the run's "
+              "own final evaluation (its exported network), after = the same network with "
+              "re-estimated statistics, full 10k test set.", "",
+              "| network | before | after | after - before |", "|---|---|---|---|"]
+    for label, n in done_rows:
+      b, a = B[n]["initial_eval"]["accuracy"], B[n]["final_eval"]["accuracy"]
+      lines.append(f"| {label} | {pct(b)} | {pct(a)} | {100 * (a - b):+.2f} |")
+    lines.append("")
+    bn_acc = lambda src: (B[f"full/bn/{src}"]["final_eval"]["accuracy"]  # noqa: E731
+                          if B.get(f"full/bn/{src}") else None)
+    lines += ["| sparsity | dense | jackpot, own statistics | jackpot + BN re-estimation "
+              "(no weight training) | magnitude + fine-tune (lr 0.01) + BN re-estimation | "
+              "paired jackpot+BN - fine-tune+BN |", "|---|---|---|---|---|---|"]
+    for sp in (90, 95):
+      jb = [bn_acc(f"jackpot{sp}_s{s}") for s in FULL_SEEDS]
+      fb = [bn_acc(f"finetune{sp}_s{s}") for s in FULL_SEEDS]
+      word, diff, se, npairs = ev.verdict(jb, fb)
+      vtxt = ("-" if npairs == 0 else
+              f"{100 * diff:+.2f}" + ("" if npairs < 2 else f" ± {100 * se:.2f}")
+              + f" (n={npairs}): {word}")
+      lines.append(f"| {sp}% | {pct(dense)} | "
+                   f"{ev.pm([acc(f'full/jackpot{sp}_s{s}') for s in FULL_SEEDS])} | "
+                   f"{ev.pm(jb)} | {ev.pm(fb)} | {vtxt} |")
+    lines.append("")
+
   # Accuracy against search steps, seed bands, dense line.
   fig, ax = plt.subplots(figsize=(6, 4))
   for arm, label, color in (("jackpot", "jackpot (scores only)", "C0"),
@@ -591,7 +658,13 @@ def main() -> None:
   elif a.what == "run":
     names = []
     for n in a.names or list(runs()):
-      names += list(FULL_ORDER) if n == "full" else [n]
+      if n == "full":
+        names += list(FULL_ORDER)
+      elif n == "bn":   # the re-estimations whose source run has finished
+        names += ["full/bn/dense"] + [f"full/bn/{src}" for src in BN_SOURCES
+                                      if ev.done(a.root, f"full/{src}")]
+      else:
+        names.append(n)
     run(names, a.root, **kw)
   elif a.what == "export":
     export(a.root)

@@ -121,6 +121,25 @@ def test_finetune_stage_keeps_mask(pretrained, tmp_path):
     assert not np.any(flat(tuned["params"])[k][~m])  # pruned weights exactly zero
 
 
+def test_finetune_at_learning_rate_zero_only_re_estimates_batchnorm(pretrained, tmp_path):
+  """`finetune.learning_rate=0` turns the +T stage into BatchNorm re-estimation on the
+  found mask (RESULTS.md, full-data 95%: the search's own running statistics lag its
+  last swaps): weights, BN scale/shift and masks stay bitwise those of the search,
+  and only the running statistics move."""
+  from lottery_jax import experiments
+  cfg = search_config(pretrained, **{"finetune.num_epochs": 0.5,
+                                     "finetune.learning_rate": 0.0})
+  summary = experiments.get("train")(cfg, str(tmp_path))
+  found, tuned = load_run(str(tmp_path)), load_run(str(tmp_path / "finetune"))
+  for part in ("params", "masks"):
+    for k, v in flat(found[part]).items():
+      np.testing.assert_array_equal(flat(tuned[part])[k], v, err_msg=f"{part} {k}")
+  assert any(not np.array_equal(a, flat(tuned["batch_stats"])[k])
+             for k, a in flat(found["batch_stats"]).items())
+  # The +T stage starts from the search's network: its first eval is the search's last.
+  assert summary["finetune"]["initial_eval"] == summary["final_eval"]
+
+
 @pytest.mark.parametrize("field,value", [
     ("sparsity", 1.0), ("sparsity", -0.1), ("mask.rate", 0.0), ("mask.rate", 1.5),
     ("allocation", "l2"), ("mask.program", "both"), ("mask.update_rule", "popup")])
