@@ -1,7 +1,7 @@
 """Soak: a long small run's resident memory (RSS) against steps (issue 17.6).
 
 Run:  nice -n 19 python benchmarks/soak.py [--workdir runs/soak] [--steps 20000]
-          [--set checkpoint_release_memory=False]
+          [--set checkpoint_release_memory=False] [--set malloc_arena_max=2]
 
 Runs `python -m lottery_jax.main` on the embedded digits data set (a jackpot search
 over the tiny digits CNN of tests/configs/tiny_search.py on random weights, with
