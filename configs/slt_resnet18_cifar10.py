@@ -15,7 +15,13 @@ Before 2026-12-03 this config used the ImageNet-stem `resnet18` (7x7/2 conv and 
 3x3/2 max-pool, which cut 32x32 inputs to 8x8 before the first stage); the CIFAR stem
 keeps them at 32x32, about 16x the convolution FLOPs per image.
 
-Measured: not run yet (issue 15.5 holds the evidence runs).
+Measured: the full recipe has not run (19,500 steps at ~4-8 s each on the 2-core
+CPU). Reduced (2026-12-03, `python benchmarks/slt_results.py run c10r18_s0`: the same
+config on a fixed 5,000-image training subset for 4 epochs = 76 steps, seed 0, full
+10k test set, 2 cores shared with other runs): **22.65%** test accuracy (10.00% before
+the search), 44 min wall; `stored_bits` 5,582,392 against `dense_source_bits`
+11,164,424 (2.00x). Far too short to say anything about accuracy; it shows the config
+runs end to end on real data.
 """
 
 from lottery_jax import recipes
