@@ -289,7 +289,8 @@ class Checkpointer:
   def restore(self, step: int, like_state) -> tuple[Any, dict, dict]:
     """Restores onto the shardings and dtypes of `like_state`; raises
     DamagedCheckpointError if it does not read back or its digest differs."""
-    layout = self._packed_layout(step)
+    meta = self._checked_meta(step)
+    layout = meta.get(PACKED_KEY)
     if layout is None:
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     else:
@@ -301,7 +302,6 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target),
                 data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
             ),
         )
         state = restored["state"]
@@ -311,10 +311,10 @@ class Checkpointer:
       raise DamagedCheckpointError(
           f"{self.directory / str(step)} does not read back: "
           f"{type(e).__name__}: {_one_line(e)}") from e
-    data, meta = restored["data"], restored["meta"]
-    if not isinstance(meta, dict) or not isinstance(data, dict):
+    data = restored["data"]
+    if not isinstance(data, dict):
       raise DamagedCheckpointError(
-          f"{self.directory / str(step)}: its data or meta item is not a JSON object")
+          f"{self.directory / str(step)}: its data item is not a JSON object")
     saved = meta.get(DIGEST_KEY)
     if saved is not None:
       got = state_digest(state)
@@ -326,9 +326,11 @@ class Checkpointer:
             f"{' ...' if len(bad) > 3 else ''})")
     return state, data, meta
 
-  def _packed_layout(self, step: int) -> dict | None:
-    """The packed layout recorded in step `step`'s meta; None for a checkpoint saved
-    one array per leaf (every checkpoint written before packing)."""
+  def _checked_meta(self, step: int) -> dict:
+    """Step `step`'s meta item, read once per restore; its `PACKED_KEY` is the packed
+    layout (absent for a checkpoint saved one array per leaf, as every checkpoint
+    written before packing). Raises DamagedCheckpointError when it does not read back
+    as a JSON object."""
     try:
       meta = self.read_meta(step)
     except Exception as e:
@@ -338,7 +340,7 @@ class Checkpointer:
     if not isinstance(meta, dict):
       raise DamagedCheckpointError(
           f"{self.directory / str(step)}: its meta item is not a JSON object")
-    return meta.get(PACKED_KEY)
+    return meta
 
   def restore_latest_good(self, like_state) -> tuple[int, Any, dict, dict] | None:
     """The newest checkpoint that restores intact, as (step, state, data, meta); None
@@ -387,7 +389,8 @@ class Checkpointer:
   def restore_host(self, step: int) -> tuple[Any, dict, dict]:
     """Restores step `step` as NumPy arrays in the saved tree structure (no target
     needed: forking a stage from another stage's checkpoint)."""
-    layout = self._packed_layout(step)
+    meta = self._checked_meta(step)
+    layout = meta.get(PACKED_KEY)
     try:
       if layout is None:
         metadata = self.manager.item_metadata(step)["state"]
@@ -402,7 +405,6 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(restore_args=restore_args),
                 data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
             ),
         )
       state = restored["state"]
@@ -412,8 +414,8 @@ class Checkpointer:
       raise DamagedCheckpointError(
           f"{self.directory / str(step)} does not read back: "
           f"{type(e).__name__}: {_one_line(e)}") from e
-    data, meta = restored["data"], restored["meta"]
-    saved = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
+    data = restored["data"]
+    saved = meta.get(DIGEST_KEY)
     if saved is not None:
       # Saved from a TrainState (paths `.params['conv']`), restored as the dicts
       # Orbax wrote (`['params']['conv']`): compared on the dict spelling. (Damage
