@@ -30,28 +30,21 @@ c.tensorboard = True
 c.progress_bar = False
 snaps = {}
 samples = []
-real = loop.build
-def build(config, mesh=None):
-  r = real(config, mesh)
-  ts, calls = r.train_step, [0]
-  def step_fn(state, batch):
-    calls[0] += 1
-    n = calls[0]
-    if n == 301:
-      tracemalloc.start(frames)
-      print("tracing from step 300", time.strftime("%X"), flush=True)
-    if n % 250 == 1 and n > 301:
-      gc.collect()
-      samples.append((n - 1, tracemalloc.get_traced_memory()[0]))
-    if n - 1 in (a, b) or (n == steps and b not in snaps):
-      gc.collect()
-      snaps[b if n == steps else n - 1] = tracemalloc.take_snapshot()
-      print("snapshot", n - 1, time.strftime("%X"), flush=True)
-    return ts(state, batch)
-  r.train_step = step_fn
-  return r
-loop.build = build
-summary = loop.run(c, workdir)
+def on_step(n):
+  if n == 301:
+    tracemalloc.start(frames)
+    print("tracing from step 300", time.strftime("%X"), flush=True)
+  if n % 250 == 1 and n > 301:
+    gc.collect()
+    samples.append((n - 1, tracemalloc.get_traced_memory()[0]))
+  if n - 1 in (a, b) or (n == steps and b not in snaps):
+    gc.collect()
+    snaps[b if n == steps else n - 1] = tracemalloc.take_snapshot()
+    print("snapshot", n - 1, time.strftime("%X"), flush=True)
+
+
+with loop.train_step_hook(on_step):
+  summary = loop.run(c, workdir)
 tracemalloc.stop()
 x = np.array(samples, np.float64)
 keep = x[:, 0] >= a

@@ -102,21 +102,10 @@ class Interrupt(Exception):
 
 
 def on_train_step(monkeypatch, hook):
-  """Replaces `loop.build` by one whose train step calls hook(n) before its n-th call
-  (n counts from 1 for each build)."""
-  real = loop.build
-
-  def build(config, mesh=None):
-    r = real(config, mesh)
-    train_step, calls = r.train_step, [0]
-
-    def step_fn(state, batch):
-      calls[0] += 1
-      hook(calls[0])
-      return train_step(state, batch)
-    r.train_step = step_fn
-    return r
-  monkeypatch.setattr(loop, "build", build)
+  """Until `monkeypatch.undo()` (or the test's end), every stage built calls hook(n)
+  before its n-th train step (n counts from 1 for each build): the hooks that
+  `loop.train_step_hook` installs, set through monkeypatch so that undo removes them."""
+  monkeypatch.setattr(loop, "_train_step_hooks", [hook])
 
 
 @contextlib.contextmanager
@@ -146,6 +135,18 @@ def straight(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   loop.run(run_cfg(), workdir)
   return workdir
+
+
+def test_a_train_step_hook_sees_each_step_and_goes_with_its_block(tmp_path):
+  """`loop.train_step_hook`, what the fault tests and benchmarks/soak_trace.py hook
+  into: called before each train step with its count, gone after the block."""
+  calls = []
+  with loop.train_step_hook(calls.append):
+    loop.run(run_cfg(num_steps=3), str(tmp_path / "hooked"))
+  assert calls == [1, 2, 3]
+  assert loop._train_step_hooks == []
+  loop.run(run_cfg(num_steps=2), str(tmp_path / "plain"))
+  assert calls == [1, 2, 3]
 
 
 # ----------------------------------------------------------------- 17.3 the lock

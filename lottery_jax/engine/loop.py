@@ -17,6 +17,7 @@ Order of business, so that a bad input never touches the workdir:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -25,7 +26,7 @@ import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,33 @@ log = logging.getLogger("lottery_jax")
 
 REWIND_DIR = "rewind"
 CHECKPOINT_DIR = "checkpoints"
+
+_train_step_hooks: list[Callable[[int], None]] = []
+
+
+@contextlib.contextmanager
+def train_step_hook(hook: Callable[[int], None]):
+  """Within the block, every stage that `build` makes calls `hook(n)` on the host
+  before its n-th train step (n counts from 1 for each build, resumed steps not
+  included). For instrumentation that must see the loop from inside: fault
+  injection in the tests, memory tracing in benchmarks/soak_trace.py. The step
+  itself is not changed, so results are not."""
+  _train_step_hooks.append(hook)
+  try:
+    yield
+  finally:
+    _train_step_hooks.remove(hook)
+
+
+def _hooked(train_step, hooks):
+  calls = [0]
+
+  def step_fn(state, batch):
+    calls[0] += 1
+    for hook in hooks:
+      hook(calls[0])
+    return train_step(state, batch)
+  return step_fn
 
 
 def make_mesh(devices=None, sibling_devices: int = 0) -> Mesh:
@@ -297,6 +325,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
                                conv_impl=config.model.conv, siblings=S)
   eval_step = make_eval_step(model, layout=layout, mesh=mesh, conv_impl=config.model.conv,
                              siblings=S)
+  if _train_step_hooks:
+    train_step = _hooked(train_step, tuple(_train_step_hooks))
   return Run(config=config, mesh=mesh, data=data, sibling_data=sibling_data, model=model,
              spec=spec, program=program, layout=layout, state=state,
              initial_masks=initial_masks, starting_variables=starting, total_steps=total,
