@@ -2,6 +2,8 @@
 
 Run:  python benchmarks/siblings.py [--models digits_cnn,cifar_resnet20] [--counts 1,2,4,8]
                                     [--steps 20] [--repeats 3]
+      (models: digits_cnn, mnist1d_cnn, lenet_300_100, cifar_resnet20; BENCHMARKS.md
+      "Siblings" has the measured tables)
 
 For each model and S, two ways to train S copies that differ only in data order, both
 built by the engine (`loop.build`, dense program, one mesh over the visible devices,
@@ -52,7 +54,10 @@ from lottery_jax.engine.config import base_config  # noqa: E402
 if "im2col" not in config_lib.CONV_IMPLS:
   config_lib.CONV_IMPLS = (*config_lib.CONV_IMPLS, "im2col")
 
-BATCH = {"digits_cnn": 64, "cifar_resnet20": 128}
+# The batch each model's own configs train with: digits 64 (configs/siblings_quick.py),
+# MNIST-1D 128 (configs/siblings_sweep.py:mnist1d), LeNet-300-100 60 (open_lth's MNIST),
+# CIFAR-10 128.
+BATCH = {"digits_cnn": 64, "mnist1d_cnn": 128, "lenet_300_100": 60, "cifar_resnet20": 128}
 
 
 def config(model: str, siblings: int, conv: str = "xla"):
