@@ -26,32 +26,8 @@ dense source (seed 0): far too short a search to learn much.
 """
 
 from lottery_jax import recipes
-from lottery_jax.engine.config import base_config
 
 
 def get_config(arg: str = "tfds"):
-  c = base_config()
-  c.experiment = "strong_ticket"
-  c.model.name = "conv6"
-  c.model.weight_init = "kaiming_uniform"
-  c.data = recipes.cifar_data(arg)
-  c.data.batch_size = 128
-
-  c.mask.program = "strong_ticket"
-  c.sparsity = 0.5
-  c.allocation = "uniform"
-  c.prune_classifier = True
-  c.freeze.prune_fraction = 0.25
-  c.freeze.lock_fraction = 0.25
-  c.freeze.distribution = "uniform"
-
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "cosine"
-  c.optimizer.per_epoch = True
-  c.num_epochs = 100.0
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 2000
-  c.eval_every_epochs = 10.0
-  return c
+  return recipes.cifar_strong_ticket(arg, "conv6", batch_size=128, distribution="uniform",
+                                     weight_decay=1e-4)

@@ -26,36 +26,22 @@ The ticket is in <workdir>/strong_ticket.{json,safetensors}
 locked).
 """
 
-from lottery_jax import data
+from lottery_jax import data, recipes
 from lottery_jax.engine.config import base_config
 
 
 def get_config():
   c = base_config()
-  c.experiment = "strong_ticket"
   c.seed = 0
   c.model.name = "mnist1d_cnn"
   c.model.kwargs = {"bn_affine": False, "widths": (64, 128, 128)}
-  c.model.weight_init = "kaiming_uniform"   # the frozen-network code's CIFAR init
   c.data = data.default_config("mnist1d")
   c.data.batch_size = 128
-
-  c.mask.program = "strong_ticket"          # scores train, top-k of |score| per layer
-  c.sparsity = 0.5
-  c.allocation = "uniform"
-  c.prune_classifier = True                 # edge-popup masks every layer
-  c.freeze.prune_fraction = 0.25
-  c.freeze.lock_fraction = 0.25
-  c.freeze.distribution = "uniform"
-
   # The references' SGD on the scores (lr 0.1, momentum 0.9, wd 1e-4, cosine),
-  # decayed every step since the run is short.
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "cosine"
-  c.num_epochs = 100.0
-
+  # decayed every step since the run is short; the frozen-network code's CIFAR init.
+  recipes.strong_ticket(c, sparsity=0.5, prune_fraction=0.25, lock_fraction=0.25,
+                        distribution="uniform", weight_init="kaiming_uniform",
+                        weight_decay=1e-4)
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   return c

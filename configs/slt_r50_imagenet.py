@@ -24,35 +24,23 @@ the frozen-network paper's per-table numbers: not verified.
 Measured: not run (needs a pod).
 """
 
-from lottery_jax import data
+from lottery_jax import data, recipes
 from lottery_jax.engine.config import base_config
 
 
 def get_config():
   c = base_config()
-  c.experiment = "strong_ticket"
   c.model.name = "resnet50"
   c.model.kwargs = {"bn_affine": False}
-  c.model.weight_init = "signed_constant"
   c.data = data.default_config("imagenet2012")
   c.data.per_device_batch_size = 16
   c.data.eval_batch_size = 1024
   c.data.num_workers = 8
-
-  c.mask.program = "strong_ticket"
-  c.sparsity = 0.7
-  c.allocation = "erk"
-  c.prune_classifier = True
-  c.freeze.prune_fraction = 0.5
-  c.freeze.lock_fraction = 0.2
-  c.freeze.distribution = "erk"
-
-  c.optimizer.learning_rate = 0.256
-  c.optimizer.momentum = 0.875
-  c.optimizer.weight_decay = 3.0517578125e-5
-  c.optimizer.schedule = "cosine"
+  recipes.strong_ticket(c, sparsity=0.7, prune_fraction=0.5, lock_fraction=0.2,
+                        distribution="erk", weight_init="signed_constant",
+                        learning_rate=0.256, momentum=0.875,
+                        weight_decay=3.0517578125e-5)
   c.optimizer.warmup_epochs = 5.0
-  c.num_epochs = 100.0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
   c.eval_every_epochs = 5.0

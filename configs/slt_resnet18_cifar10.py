@@ -25,33 +25,10 @@ runs end to end on real data.
 """
 
 from lottery_jax import recipes
-from lottery_jax.engine.config import base_config
 
 
 def get_config(arg: str = "tfds"):
-  c = base_config()
-  c.experiment = "strong_ticket"
-  c.model.name = "cifar_resnet18"
+  c = recipes.cifar_strong_ticket(arg, "cifar_resnet18", batch_size=256,
+                                  distribution="erk", weight_decay=5e-4)
   c.model.kwargs = {"bn_affine": False}
-  c.model.weight_init = "kaiming_uniform"
-  c.data = recipes.cifar_data(arg)
-  c.data.batch_size = 256
-
-  c.mask.program = "strong_ticket"
-  c.sparsity = 0.5
-  c.allocation = "erk"
-  c.prune_classifier = True
-  c.freeze.prune_fraction = 0.25
-  c.freeze.lock_fraction = 0.25
-  c.freeze.distribution = "erk"
-
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.schedule = "cosine"
-  c.optimizer.per_epoch = True
-  c.num_epochs = 100.0
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 2000
-  c.eval_every_epochs = 10.0
   return c

@@ -43,6 +43,51 @@ def jackpot_search(c, *, sparsity: float, weight_decay: float, num_epochs: float
   return c
 
 
+def strong_ticket(c, *, sparsity: float, prune_fraction: float, lock_fraction: float,
+                  distribution: str, weight_init: str, learning_rate: float = 0.1,
+                  momentum: float = 0.9, weight_decay: float, num_epochs: float = 100.0):
+  """Sets `c` up as a strong-ticket search (edge-popup on a partially frozen random
+  network, ALGORITHMS.md section 4): weights drawn by `weight_init` and never trained,
+  scores trained by SGD with a cosine schedule, top-k of |score| per layer, every layer
+  masked (the classifier included, as edge-popup does); `prune_fraction` of each layer
+  frozen pruned and `lock_fraction` frozen kept, sparsity and the partition both
+  allocated by `distribution` ("uniform" or "erk")."""
+  c.experiment = "strong_ticket"
+  c.model.weight_init = weight_init
+  c.mask.program = "strong_ticket"
+  c.sparsity = sparsity
+  c.allocation = distribution
+  c.prune_classifier = True
+  c.freeze.prune_fraction = prune_fraction
+  c.freeze.lock_fraction = lock_fraction
+  c.freeze.distribution = distribution
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.momentum = momentum
+  c.optimizer.weight_decay = weight_decay
+  c.optimizer.schedule = "cosine"
+  c.num_epochs = num_epochs
+  return c
+
+
+def cifar_strong_ticket(arg: str, model: str, *, batch_size: int, distribution: str,
+                        weight_decay: float):
+  """A CIFAR-10 strong-ticket search with the references' small-scale recipe: Kaiming-
+  uniform weights, 50% sparsity with 25% frozen pruned and 25% locked, SGD lr 0.1
+  momentum 0.9 on the scores, cosine decayed per epoch over 100 epochs."""
+  c = base_config()
+  c.model.name = model
+  c.data = cifar_data(arg)
+  c.data.batch_size = batch_size
+  strong_ticket(c, sparsity=0.5, prune_fraction=0.25, lock_fraction=0.25,
+                distribution=distribution, weight_init="kaiming_uniform",
+                weight_decay=weight_decay)
+  c.optimizer.per_epoch = True
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2000
+  c.eval_every_epochs = 10.0
+  return c
+
+
 def cifar_search(arg: str, model: str):
   c = base_config()
   c.model.name = model
