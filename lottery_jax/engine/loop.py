@@ -70,7 +70,9 @@ def train_step_hook(hook: Callable[[int], None]):
   before its n-th train step (n counts from 1 for each build, resumed steps not
   included). For instrumentation that must see the loop from inside: fault
   injection in the tests, memory tracing in benchmarks/soak_trace.py. The step
-  itself is not changed, so results are not."""
+  itself is not changed, so results are not; only its wrapper, a plain function,
+  lacks the jitted step's `.lower` (for XLA's cost analysis, build outside the
+  block)."""
   _train_step_hooks.append(hook)
   try:
     yield
