@@ -31,6 +31,11 @@ or `mnist1d` (MNIST-1D generated offline, 1,000 test sequences: 0.1 points); see
   train subset (`subset` writes it to runs/cifar/cifar10-train10k.zip from
   ../shared/datasets/cifar10-jpeg.zip, seed 0, 1000 images per class; `run` writes it
   when missing), scored on the full 10k test set (0.01 points per image).
+* `tvf_cifar10_s<seed>`: configs/ticket_vs_finetune_cifar10.py:conv2,...,subset (the
+  same Conv-2 and train subset, no augmentation, SGD with momentum 0.9, wd 5e-4, cosine,
+  batch 60; per eta in {0.01, 0.03, 0.1}: 3 epochs of the subset (500 steps) of dense
+  pretraining, the one-shot 90% global magnitude mask, then 500 steps of each arm),
+  scored on the full 10k test set.
 
 `collect` writes benchmarks/figures/imp_accuracy_vs_sparsity.png,
 imp_ticket_vs_finetune.png and imp_correlation_vs_lr.png, and prints the tables and
@@ -82,6 +87,10 @@ def runs() -> dict[str, list[str]]:
     out[f"imp_cifar10_s{seed}"] = [
         f"--config=configs/imp_conv_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
         f"--config.seed={seed}", "--config.progress_bar=False"]
+  for seed in SEEDS:   # after every IMP run (the order `run` takes)
+    out[f"tvf_cifar10_s{seed}"] = [
+        f"--config=configs/ticket_vs_finetune_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
+        f"--config.seed={seed}", "--config.progress_bar=False"]
   return out
 
 
@@ -117,7 +126,8 @@ def collect(root: str) -> str:
   # Only data sets with finished runs get a panel.
   imp_ds = [ds for ds in (*DATA, "cifar10")
             if any(S.get(f"imp_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
-  tvf_ds = [ds for ds in DATA if any(S.get(f"tvf_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
+  tvf_ds = [ds for ds in (*DATA, "cifar10")
+            if any(S.get(f"tvf_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
 
   # ---- IMP: accuracy against sparsity, ticket / re-init / random pruning.
   fig, axs = plt.subplots(1, len(imp_ds), figsize=(5 * len(imp_ds), 3.8), squeeze=False)

@@ -10,8 +10,16 @@ pad-4 crop), the one-shot global magnitude mask, then 160 epochs of each arm.
 
 The argument is the net (`vgg19`: the zoo's CIFAR VGG-19 with BatchNorm,
 `jackpot_vgg19`; `mobilenet_v2`: torchvision's MobileNetV2, whose ImageNet strides
-leave 1x1 feature maps on 32x32 inputs; a CIFAR stem is not in the zoo yet), then
-optionally `,folder=PATH` (without it TFDS cifar10). Not verified against the paper
+leave 1x1 feature maps on 32x32 inputs; a CIFAR stem is not in the zoo yet; `conv2`:
+Frankle & Carbin's Conv-2, no BatchNorm, batch 60, no augmentation, 90% sparse), then
+optionally `,folder=PATH` (without it TFDS cifar10) and, for `conv2` only, `,subset`.
+
+`conv2,folder=...,subset` is the reduced scale RESULTS.md's CIFAR-10 evidence runs on 2
+CPU cores (benchmarks/imp_results.py, runs `tvf_cifar10_s<seed>`, on the class-balanced
+10k-image train subset of the IMP evidence, scored on the full 10k test set): per eta in
+{0.01, 0.03, 0.1}, 3 epochs of the subset (500 steps at batch 60) of dense pretraining
+with SGD (momentum 0.9, wd 5e-4, cosine to 0), the one-shot 90% global magnitude mask,
+then 500 steps of each arm with the same schedule. Not verified against the paper
 (its full text was not available): its learning-rate grid, epochs and sparsities;
 here 0.01 and 0.1 are the pair the lottery-ticket literature contrasts, the
 sparsity is 80% (VGG-19) or 50% (MobileNetV2, already compact).
@@ -36,14 +44,25 @@ accuracies (9-12%) say only that every stage runs.
 
 from lottery_jax import recipes
 
-NETS = {"vgg19": ("jackpot_vgg19", 0.8), "mobilenet_v2": ("mobilenet_v2", 0.5)}
+# net -> (zoo model, one-shot sparsity)
+NETS = {"vgg19": ("jackpot_vgg19", 0.8), "mobilenet_v2": ("mobilenet_v2", 0.5),
+        "conv2": ("conv2", 0.9)}
+# `,subset` (2-core CPU scale, conv2 only): epochs of the 10k-image subset per training
+# (500 steps at batch 60) and the learning-rate sweep.
+SUBSET_EPOCHS = 3.0
+SUBSET_RATES = (0.01, 0.03, 0.1)
 
 
 def get_config(arg: str = "vgg19"):
-  net, _, data_arg = arg.partition(",")
+  net, *rest = arg.split(",")
+  subset = "subset" in rest
+  data_arg = ",".join(r for r in rest if r != "subset")
   if net not in NETS:
     raise ValueError(f"config argument {arg!r}: expected one of {sorted(NETS)}, "
-                     "optionally followed by ',folder=PATH'")
+                     "optionally followed by ',folder=PATH' (and ',subset' for conv2)")
+  if subset and net != "conv2":
+    raise ValueError(f"config argument {arg!r}: ',subset' is the reduced scale of "
+                     "'conv2' only; drop it, or use 'conv2,folder=PATH,subset'")
   model, sparsity = NETS[net]
   c = recipes.cifar_pretrain(data_arg, model=model)
   c.experiment = "ticket_vs_finetune"
@@ -60,4 +79,17 @@ def get_config(arg: str = "vgg19"):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 1
+  if net == "conv2":
+    c.data.augment = False           # as Frankle & Carbin's Conv-2
+    c.data.batch_size = 60
+    c.data.eval_batch_size = 500
+  if subset:
+    c.num_epochs = SUBSET_EPOCHS
+    c.ticket_vs_finetune.sparse_epochs = SUBSET_EPOCHS
+    c.ticket_vs_finetune.learning_rates = SUBSET_RATES
+    c.optimizer.schedule = "cosine"
+    c.optimizer.milestones = ()
+    c.eval_every_epochs = 0.0
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 250
   return c

@@ -478,7 +478,20 @@ CIFAR = [("imp_conv_cifar10", "conv2"), ("imp_conv_cifar10", "conv4"),
          ("imp_conv_cifar10", "conv6"), ("imp_conv_cifar10", "conv2,subset"),
          ("imp_resnet20_cifar10", ""),
          ("ticket_vs_finetune_cifar10", "vgg19"),
-         ("ticket_vs_finetune_cifar10", "mobilenet_v2")]
+         ("ticket_vs_finetune_cifar10", "mobilenet_v2"),
+         ("ticket_vs_finetune_cifar10", "conv2"),
+         ("ticket_vs_finetune_cifar10", "conv2,subset")]
+
+
+def test_ticket_vs_finetune_cifar10_subset_is_conv2_only():
+  """`,subset` (the reduced scale of benchmarks/imp_results.py) is Conv-2's: on another
+  net it fails and names what to write instead; on conv2 it keeps the 3-rate sweep."""
+  with pytest.raises(ValueError, match="conv2,folder=PATH,subset"):
+    load_config("ticket_vs_finetune_cifar10", "vgg19,subset")
+  c = load_config("ticket_vs_finetune_cifar10", "conv2,folder=/x.zip,subset")
+  assert c.ticket_vs_finetune.learning_rates == (0.01, 0.03, 0.1)
+  assert c.num_epochs == c.ticket_vs_finetune.sparse_epochs == 3.0
+  assert c.data.augment is False and c.data.batch_size == 60
 
 
 @pytest.mark.parametrize("name,arg", CIFAR, ids=[f"{n}:{a}" for n, a in CIFAR])
