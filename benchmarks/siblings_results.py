@@ -13,7 +13,10 @@ MNIST-1D sweep with S = 10 siblings (`mnist1d_S10_s<seed>`, `--config.siblings.c
 and CIFAR-10 (`cifar10_s<seed>`): configs/siblings_resnet20_cifar10.py:folder=...,subset
 (ResNet-20 at quarter width, one epoch of the 10k-image train subset of the CIFAR IMP
 evidence, k in {0, 0.125, 0.25, 0.5} epochs, S = 4, 80% and 90%; its docstring has the
-scale), seeds 0, 1, 2.
+scale), seeds 0, 1, 2; and the same net trained 5 epochs of the subset (`cifar10_e5_s<seed>`,
+`,subset,epochs=5`, k in {0, 0.25, 1, 2} epochs, the siblings one after another
+(`siblings.vmap=False`, XLA's convolutions: faster than the vmapped program at this width
+on the CPU, and the same result, tests/test_siblings.py)).
 Workdirs under `--root` (default runs/siblings); `run` copies each finished summary
 into benchmarks/results/siblings/ (committed; `collect --root benchmarks/results/siblings`
 rebuilds the tables from them). `store [NAME ...]` copies what a run has so far: its
@@ -41,6 +44,8 @@ import imp_results  # noqa: E402  (the CIFAR-10 train subset)
 # The class-balanced 10k-image CIFAR-10 train subset of the CIFAR IMP evidence (all 10k
 # test images; `imp_results.py subset` writes it, `run` does when it is missing).
 CIFAR_SUBSET = imp_results.CIFAR_SUBSET
+# Shared epochs k of the 5-epoch CIFAR-10 runs (0, 20, 78 and 156 steps of batch 128).
+CIFAR_E5_K = (0.0, 0.25, 1.0, 2.0)
 
 
 def runs() -> dict[str, list[str]]:
@@ -56,6 +61,12 @@ def runs() -> dict[str, list[str]]:
   for seed in (0, 1, 2):
     out[f"cifar10_s{seed}"] = [
         f"--config=configs/siblings_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset",
+        f"--config.seed={seed}", "--config.progress_bar=False"]
+  for seed in (0, 1, 2):   # the same net trained 5x longer, k up to 2 epochs
+    out[f"cifar10_e5_s{seed}"] = [
+        f"--config=configs/siblings_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset,epochs=5",
+        f"--config.siblings.shared_epochs_sweep=({','.join(map(str, CIFAR_E5_K))})",
+        "--config.siblings.vmap=False", "--config.model.conv=xla",
         f"--config.seed={seed}", "--config.progress_bar=False"]
   return out
 
@@ -129,7 +140,8 @@ def collect(root: str) -> str:
   groups = {ds: [S[f"{pre}_s{s}"] for s in (0, 1, 2) if S[f"{pre}_s{s}"]]
             for ds, pre in (("digits", "digits"), ("mnist1d", "mnist1d"),
                             ("mnist1d, S = 10", "mnist1d_S10"),
-                            ("CIFAR-10 subset, ResNet-20 x1/4", "cifar10"))}
+                            ("CIFAR-10 subset, ResNet-20 x1/4", "cifar10"),
+                            ("CIFAR-10 subset, ResNet-20 x1/4, 5 epochs", "cifar10_e5"))}
   groups = {ds: g for ds, g in groups.items() if g} or {"digits": []}
   lines = []
   fig, axs = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)

@@ -29,6 +29,9 @@ epoch of the subset (78 steps, lr x0.1 at 50% and 75%), S = 4 siblings
 (`model.conv="unrolled"`), k in {0, 0.125, 0.25, 0.5} epochs (0, 10, 20, 39 steps),
 one-shot masks at 80% and 90%, union / intersection / one-shot retrained from
 theta_k; scored on a fixed random 2,000 of the 10k test images (0.05 points an image).
+`,epochs=E` after `,subset` trains E epochs of the subset instead of one (milestones at
+50% and 75% of E); the shared-epoch grid is then set on the command line
+(`--config.siblings.shared_epochs_sweep=...`, every k below E).
 Measured (2026-12-03, 2 cores shared with a training run and other jobs, load average
 10-28, nice 19): 9-17 s a vmapped step of the 4 siblings (35 s at full width, 9 s at
 quarter width in a smoke at load 15), 2-5 min per stage before its first step (data,
@@ -50,7 +53,19 @@ SUBSET_EVAL_EXAMPLES = 2000
 def get_config(arg: str = ""):
   rest = arg.split(",") if arg else []
   subset = "subset" in rest
-  c = recipes.cifar_pretrain(",".join(r for r in rest if r != "subset"), model="cifar_resnet20")
+  epochs = [r for r in rest if r.startswith("epochs=")]
+  if epochs and not subset:
+    raise ValueError(f"config argument {arg!r}: 'epochs=E' sets the length of the "
+                     "',subset' scale; add ',subset', or set --config.num_epochs instead")
+  try:
+    subset_epochs = float(epochs[-1].partition("=")[2]) if epochs else SUBSET_EPOCHS
+  except ValueError:
+    subset_epochs = -1.0
+  if not subset_epochs > 0:
+    raise ValueError(f"config argument {arg!r}: 'epochs=E' needs a number E > 0 "
+                     "(epochs of the 10k-image subset per training), e.g. 'epochs=5'")
+  c = recipes.cifar_pretrain(",".join(r for r in rest if r != "subset" and r not in epochs),
+                             model="cifar_resnet20")
   c.experiment = "siblings"
   c.optimizer.learning_rate = 0.1
   c.optimizer.momentum = 0.9
@@ -70,8 +85,8 @@ def get_config(arg: str = ""):
   if subset:
     c.model.conv = "unrolled"    # one ordinary conv per sibling under vmap (CPU)
     c.model.kwargs.widths = SUBSET_WIDTHS
-    c.num_epochs = SUBSET_EPOCHS
-    c.optimizer.milestones = tuple(SUBSET_EPOCHS * f for f in (0.5, 0.75))
+    c.num_epochs = subset_epochs
+    c.optimizer.milestones = tuple(subset_epochs * f for f in (0.5, 0.75))
     c.siblings.count = 4
     c.siblings.shared_epochs_sweep = SUBSET_K
     c.siblings.sparsities = SUBSET_SPARSITIES

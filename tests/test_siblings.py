@@ -243,6 +243,14 @@ def test_sibling_configs():
   assert sub.optimizer.milestones == (0.5 * sub.num_epochs, 0.75 * sub.num_epochs)
   with pytest.raises(ValueError, match="unknown"):
     load_config("siblings_resnet20_cifar10", "subset,nonsense")
+  # `,epochs=E`: the subset scale's length, its milestones at 50% and 75% of it.
+  e5 = load_config("siblings_resnet20_cifar10", "folder=/x.zip,subset,epochs=5")
+  assert e5.num_epochs == 5.0 and e5.optimizer.milestones == (2.5, 3.75)
+  assert e5.data.path == "/x.zip"
+  for bad, what in (("folder=/x.zip,epochs=5", "add ',subset'"),
+                    ("subset,epochs=0", "E > 0"), ("subset,epochs=five", "E > 0")):
+    with pytest.raises(ValueError, match=what):
+      load_config("siblings_resnet20_cifar10", bad)
 
 
 def test_unrolled_convs_under_vmap():
