@@ -23,15 +23,15 @@ rates (25% of the convolutions and the output layer, 50% of fc1/fc2 per level: 6
 of the dense weights left at level 4), both controls.
 
 Measured: the full-scale recipe has not run (20K iterations x 46 trainings). `,subset`
-(2026-12-03, 2-core CPU, model.conv="auto", 190-290 s a training), seeds 0
-and 1, full 10k test set, mean over the two seeds:
+(2026-12-03, 2-core CPU, model.conv="auto", 170-340 s a training), seeds 0, 1 and 2,
+full 10k test set, mean over the three seeds (RESULTS.md has the spreads and tests):
 
   level  weights left  ticket  re-init  random pruning
-      0       100.00%  54.73%        -               -
-      1        50.24%  55.66%   50.03%          50.03%
-      2        25.30%  55.79%   44.48%          45.04%
-      3        12.78%  55.08%   39.97%          39.66%
-      4         6.49%  54.19%   37.48%          37.16%
+      0       100.00%  54.23%        -               -
+      1        50.24%  55.46%   49.98%          49.51%
+      2        25.30%  55.58%   44.55%          44.70%
+      3        12.78%  54.98%   39.96%          39.76%
+      4         6.49%  54.12%   37.48%          36.94%
 """
 
 from lottery_jax import recipes
