@@ -33,8 +33,8 @@ or `mnist1d` (MNIST-1D generated offline, 1,000 test sequences: 0.1 points); see
   when missing), scored on the full 10k test set (0.01 points per image).
 * `tvf_cifar10_s<seed>`: configs/ticket_vs_finetune_cifar10.py:conv2,...,subset (the
   same Conv-2 and train subset, no augmentation, SGD with momentum 0.9, wd 5e-4, cosine,
-  batch 60; per eta in {0.01, 0.03, 0.1}: 3 epochs of the subset (500 steps) of dense
-  pretraining, the one-shot 90% global magnitude mask, then 500 steps of each arm),
+  batch 60; per eta in {0.01, 0.03, 0.1}: 3 epochs of the subset (498 steps) of dense
+  pretraining, the one-shot 90% global magnitude mask, then 498 steps of each arm),
   scored on the full 10k test set.
 
 `collect` writes benchmarks/figures/imp_accuracy_vs_sparsity.png,

@@ -15,8 +15,9 @@ and CIFAR-10 (`cifar10_s<seed>`): configs/siblings_resnet20_cifar10.py:folder=..
 evidence, k in {0, 0.125, 0.25, 0.5} epochs, S = 4, 80% and 90%; its docstring has the
 scale), seeds 0, 1, 2; and the same net trained 5 epochs of the subset (`cifar10_e5_s<seed>`,
 `,subset,epochs=5`, k in {0, 0.25, 1, 2} epochs, the siblings one after another
-(`siblings.vmap=False`, XLA's convolutions: faster than the vmapped program at this width
-on the CPU, and the same result, tests/test_siblings.py)).
+(`siblings.vmap=False`, XLA's convolutions: the same result as the vmapped program,
+tests/test_siblings.py, and faster than it at this width in one measurement on the busy
+CPU: 4 x 505 ms against 2,765 ms a step of the four siblings, not yet repeated quiet)).
 Workdirs under `--root` (default runs/siblings); `run` copies each finished summary
 into benchmarks/results/siblings/ (committed; `collect --root benchmarks/results/siblings`
 rebuilds the tables from them). `store [NAME ...]` copies what a run has so far: its

@@ -17,9 +17,9 @@ optionally `,folder=PATH` (without it TFDS cifar10) and, for `conv2` only, `,sub
 `conv2,folder=...,subset` is the reduced scale RESULTS.md's CIFAR-10 evidence runs on 2
 CPU cores (benchmarks/imp_results.py, runs `tvf_cifar10_s<seed>`, on the class-balanced
 10k-image train subset of the IMP evidence, scored on the full 10k test set): per eta in
-{0.01, 0.03, 0.1}, 3 epochs of the subset (500 steps at batch 60) of dense pretraining
+{0.01, 0.03, 0.1}, 3 epochs of the subset (498 steps at batch 60) of dense pretraining
 with SGD (momentum 0.9, wd 5e-4, cosine to 0), the one-shot 90% global magnitude mask,
-then 500 steps of each arm with the same schedule (3 epochs of 166 steps: 498).
+then 498 steps of each arm with the same schedule (3 epochs of 166 steps).
 
 Measured (`,subset`, 2026-12-03, 2-core CPU shared with other jobs, 160-470 s a training,
 about 50 min a seed; seeds 0, 1, 2, full 10k test set, mean over the seeds; RESULTS.md
@@ -28,12 +28,14 @@ has the spreads and the paired tests):
   eta    dense   ticket  re-init  prune & fine-tune  r(all)  r(kept)
   0.01   50.07%   52.90%   39.74%             55.33%   0.976    0.982
   0.03   57.19%   59.20%   51.16%             60.31%   0.907    0.917
-  0.1    50.47%   53.53%   51.85%             52.09%   0.625    0.588 Not verified against the paper
+  0.1    50.47%   53.53%   51.85%             52.09%   0.625    0.588
+
+The full recipe (VGG-19, MobileNetV2) is not verified against the paper
 (its full text was not available): its learning-rate grid, epochs and sparsities;
 here 0.01 and 0.1 are the pair the lottery-ticket literature contrasts, the
 sparsity is 80% (VGG-19) or 50% (MobileNetV2, already compact).
 
-Full recipe: it has not run. Only the first stage's step time, from a smoke
+It has not run. Only the first stage's step time, from a smoke
 of `:vgg19` (2026-12-03, the quiet 2-core CPU, model.conv="auto";
 `"--config.ticket_vs_finetune.learning_rates=(0.1,)" --config.num_steps=20
 --config.data.max_eval_examples=512` on the 10k-image subset zip of `python
@@ -57,7 +59,7 @@ from lottery_jax import recipes
 NETS = {"vgg19": ("jackpot_vgg19", 0.8), "mobilenet_v2": ("mobilenet_v2", 0.5),
         "conv2": ("conv2", 0.9)}
 # `,subset` (2-core CPU scale, conv2 only): epochs of the 10k-image subset per training
-# (500 steps at batch 60) and the learning-rate sweep.
+# (3 x 166 = 498 steps at batch 60) and the learning-rate sweep.
 SUBSET_EPOCHS = 3.0
 SUBSET_RATES = (0.01, 0.03, 0.1)
 
