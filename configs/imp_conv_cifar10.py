@@ -42,8 +42,8 @@ PAPER = {"conv2": (2e-4, 20_000), "conv4": (3e-4, 25_000), "conv6": (3e-4, 30_00
 
 def get_config(arg: str = "conv2"):
   model, *rest = arg.split(",")
-  subset = "subset" in rest
-  data_arg = ",".join(r for r in rest if r != "subset")
+  data_arg, options = recipes.split_options(rest, flags=("subset",))
+  subset = "subset" in options
   if model not in PAPER:
     raise ValueError(f"config argument {arg!r}: expected one of {sorted(PAPER)}, "
                      "optionally followed by ',folder=PATH' and ',subset'")

@@ -51,21 +51,20 @@ SUBSET_EVAL_EXAMPLES = 2000
 
 
 def get_config(arg: str = ""):
-  rest = arg.split(",") if arg else []
-  subset = "subset" in rest
-  epochs = [r for r in rest if r.startswith("epochs=")]
-  if epochs and not subset:
+  data_arg, options = recipes.split_options(arg.split(",") if arg else [],
+                                            flags=("subset",), valued=("epochs",))
+  subset = "subset" in options
+  if "epochs" in options and not subset:
     raise ValueError(f"config argument {arg!r}: 'epochs=E' sets the length of the "
                      "',subset' scale; add ',subset', or set --config.num_epochs instead")
   try:
-    subset_epochs = float(epochs[-1].partition("=")[2]) if epochs else SUBSET_EPOCHS
+    subset_epochs = float(options.get("epochs", SUBSET_EPOCHS))
   except ValueError:
     subset_epochs = -1.0
   if not subset_epochs > 0:
     raise ValueError(f"config argument {arg!r}: 'epochs=E' needs a number E > 0 "
                      "(epochs of the 10k-image subset per training), e.g. 'epochs=5'")
-  c = recipes.cifar_pretrain(",".join(r for r in rest if r != "subset" and r not in epochs),
-                             model="cifar_resnet20")
+  c = recipes.cifar_pretrain(data_arg, model="cifar_resnet20")
   c.experiment = "siblings"
   c.optimizer.learning_rate = 0.1
   c.optimizer.momentum = 0.9

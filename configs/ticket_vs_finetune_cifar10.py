@@ -66,8 +66,8 @@ SUBSET_RATES = (0.01, 0.03, 0.1)
 
 def get_config(arg: str = "vgg19"):
   net, *rest = arg.split(",")
-  subset = "subset" in rest
-  data_arg = ",".join(r for r in rest if r != "subset")
+  data_arg, options = recipes.split_options(rest, flags=("subset",))
+  subset = "subset" in options
   if net not in NETS:
     raise ValueError(f"config argument {arg!r}: expected one of {sorted(NETS)}, "
                      "optionally followed by ',folder=PATH' (and ',subset' for conv2)")

@@ -23,6 +23,22 @@ def cifar_data(arg: str):
   return d
 
 
+def split_options(parts: list[str], flags: tuple[str, ...] = (),
+                  valued: tuple[str, ...] = ()) -> tuple[str, dict]:
+  """Splits a config argument's comma-separated `parts` into the data argument that
+  `cifar_data` reads (the parts left, joined) and the config's own options: a bare
+  `flag` maps to True, `name=value` of a `valued` name to its value string (the last
+  one wins)."""
+  data_parts, options = [], {}
+  for part in parts:
+    key, eq, value = part.partition("=")
+    if (not eq and key in flags) or (eq and key in valued):
+      options[key] = value if eq else True
+    else:
+      data_parts.append(part)
+  return ",".join(data_parts), options
+
+
 def jackpot_search(c, *, sparsity: float, weight_decay: float, num_epochs: float,
                    per_epoch: bool = True):
   """Sets `c` up as a lottery-jackpot search with the reference's choices: global

@@ -283,3 +283,16 @@ def test_eval_batch_size_zero_means_the_train_batch_and_negative_is_refused():
   c.data.eval_batch_size = -1
   with pytest.raises(ConfigError, match="data.eval_batch_size"):
     config_lib.validate(c)
+
+
+def test_split_options_keeps_the_data_argument_and_takes_the_configs_own():
+  """recipes.split_options: bare flags and `name=value` options are taken out, every
+  other part (the data argument `cifar_data` reads) is kept in order; a flag given a
+  value, or an option given none, stays in the data argument (which then rejects it)."""
+  from lottery_jax import recipes
+  assert recipes.split_options(["folder=/x.zip", "subset", "epochs=5", "epochs=2"],
+                               flags=("subset",), valued=("epochs",)) == (
+      "folder=/x.zip", {"subset": True, "epochs": "2"})
+  assert recipes.split_options(["subset=1", "epochs"], flags=("subset",),
+                               valued=("epochs",)) == ("subset=1,epochs", {})
+  assert recipes.split_options([]) == ("", {})
