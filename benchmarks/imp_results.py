@@ -124,10 +124,10 @@ def collect(root: str) -> str:
   lines: list[str] = []
 
   # Only data sets with finished runs get a panel.
-  imp_ds = [ds for ds in (*DATA, "cifar10")
-            if any(S.get(f"imp_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
-  tvf_ds = [ds for ds in (*DATA, "cifar10")
-            if any(S.get(f"tvf_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
+  def with_runs(kind: str) -> list[str]:
+    return [ds for ds in (*DATA, "cifar10")
+            if any(S.get(f"{kind}_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
+  imp_ds, tvf_ds = with_runs("imp"), with_runs("tvf")
 
   # ---- IMP: accuracy against sparsity, ticket / re-init / random pruning.
   fig, axs = plt.subplots(1, len(imp_ds), figsize=(5 * len(imp_ds), 3.8), squeeze=False)
