@@ -87,3 +87,45 @@ def test_conv_rates_times_vgg19_convs_before_and_after_the_swap_fix(capsys):
   out = capsys.readouterr().out
   assert "| 2x2x2x512 | 3x3x512x512 | 1x1 | 4 | xla |" in out
   assert "| 2x2x2x512 | 3x3x512x512 | 1x1 | 4 | xla-swapped |" in out
+
+
+def test_jpeg_quality_reencodes_every_image_and_lowers_psnr_with_quality(tmp_path):
+  """benchmarks/jpeg_quality.py: a zip of JPEGs re-encoded at quality Q keeps every
+  name, every image's shape and the other entries; the PSNR against the source falls
+  as Q falls; the runs are the reduced pretraining on each quality's zip."""
+  import io
+  import zipfile
+  import numpy as np
+  from PIL import Image
+  sys.path.insert(0, BENCH)
+  try:
+    import jpeg_quality  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(BENCH)
+  rng = np.random.default_rng(0)
+  src = tmp_path / "src.zip"
+  with zipfile.ZipFile(src, "w") as z:
+    for split in ("train", "test"):
+      for i in range(3):
+        # smooth images with some texture, saved at quality 75, 4:2:0 like the zip
+        x = np.linspace(0, 255, 32)
+        img = (np.add.outer(x, x)[..., None] / 2 + rng.normal(0, 20, (32, 32, 3)))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+            buf, format="JPEG", quality=75, subsampling=2)
+        z.writestr(f"{split}/cat/{i}.jpg", buf.getvalue())
+    z.writestr("README.txt", b"kept as is")
+  psnr = {q: jpeg_quality.reencode(str(src), str(tmp_path / f"q{q}.zip"), q)
+          for q in (95, 50, 30)}
+  assert psnr[95] > psnr[50] > psnr[30] > 20, psnr
+  with zipfile.ZipFile(src) as a, zipfile.ZipFile(tmp_path / "q30.zip") as b:
+    assert a.namelist() == b.namelist()
+    assert b.read("README.txt") == b"kept as is"
+    for n in a.namelist()[:-1]:
+      assert a.read(n) != b.read(n)
+      assert Image.open(io.BytesIO(b.read(n))).size == (32, 32)
+  runs = jpeg_quality.runs()
+  assert sorted(runs) == ["q30_s0", "q50_s0", "q75_s0", "q75_s1", "q95_s0"]
+  assert any("cifar10-q50.zip" in a for a in runs["q50_s0"])
+  assert any(a.endswith("cifar10-jpeg.zip") for a in runs["q75_s1"])
+  assert "--config.model.conv=torch" in runs["q30_s0"]
