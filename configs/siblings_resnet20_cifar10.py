@@ -31,7 +31,13 @@ one-shot masks at 80% and 90%, union / intersection / one-shot retrained from
 theta_k; scored on a fixed random 2,000 of the 10k test images (0.05 points an image).
 `,epochs=E` after `,subset` trains E epochs of the subset instead of one (milestones at
 50% and 75% of E); the shared-epoch grid is then set on the command line
-(`--config.siblings.shared_epochs_sweep=...`, every k below E).
+(`--config.siblings.shared_epochs_sweep=...`, every k below E). Measured with
+`,subset,epochs=5`, k in {0, 0.25, 1, 2}, the siblings one after another
+(`siblings.vmap=False --config.model.conv=xla`; benchmarks/siblings_results.py run
+`cifar10_e5_s0`, 2026-12-03): 91 min for the whole sweep on 2 cores (25 of them beside
+a test-suite run), dense siblings at 37-40%; overlap at k = 0 0.62 at 80% (chance
+0.16), 0.88 at k = 2; union and intersection within 2.1 points of one-shot at k = 1
+and 2, 1.3-8.5 points behind it at k <= 0.25 (one seed; RESULTS.md).
 Measured (2026-12-03, 2 cores shared with a training run and other jobs, load average
 10-28, nice 19): 9-17 s a vmapped step of the 4 siblings (35 s at full width, 9 s at
 quarter width in a smoke at load 15), 2-5 min per stage before its first step (data,
