@@ -860,9 +860,8 @@ def test_log_rows_are_not_kept_past_a_checkpoint(tmp_path, monkeypatch):
   Measured on this VM beside another job (2026-12-03), rows dropped at each checkpoint:
   137-301 B a step in three runs with a 2 KiB ballast, 363-439 B in three with this
   one; rows kept (History.checkpoint patched to keep them): 2,676 B and 4,645 B. The
-  bound, 2 KiB a step, is
-  half the ballast: objects in flight would have to differ by 100 KiB between two
-  samples 50 steps apart to reach it."""
+  bound, 2 KiB a step, is half the ballast: objects in flight would have to differ by
+  100 KiB between two samples 50 steps apart to reach it."""
   real_log_row = monitor.log_row
 
   def log_row(*args, **kwargs):
