@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import zipfile
@@ -103,7 +104,6 @@ def command(name: str, root: str) -> list[str]:
 def write_zips(qualities=QUALITIES) -> None:
   """Re-encodes the source zip at each quality whose zip is missing; records the PSNRs
   in benchmarks/results/jpeg/psnr.json (committed)."""
-  import json  # pylint: disable=import-outside-toplevel
   record = os.path.join(STORE, "psnr.json")
   psnr = {}
   if os.path.exists(record):
@@ -126,9 +126,11 @@ def run(names, root: str) -> None:
 
 
 def collect(root: str) -> str:
-  import json  # pylint: disable=import-outside-toplevel
   record = os.path.join(STORE, "psnr.json")
-  psnr = json.load(open(record)) if os.path.exists(record) else {}
+  psnr = {}
+  if os.path.exists(record):
+    with open(record) as f:
+      psnr = json.load(f)
   lines = ["| data | PSNR vs the quality-75 source (dB) | seed | test accuracy (full 10k) |",
            "|---|---|---|---|"]
   for name in runs():
