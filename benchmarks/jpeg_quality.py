@@ -101,21 +101,28 @@ def command(name: str, root: str) -> list[str]:
   return ev.command(runs()[name], root, name)
 
 
+PSNR_RECORD = os.path.join(STORE, "psnr.json")
+
+
+def _psnrs() -> dict[str, float]:
+  """The recorded PSNR of each re-encoded quality ({} before the first `reencode`)."""
+  if not os.path.exists(PSNR_RECORD):
+    return {}
+  with open(PSNR_RECORD) as f:
+    return json.load(f)
+
+
 def write_zips(qualities=QUALITIES) -> None:
   """Re-encodes the source zip at each quality whose zip is missing; records the PSNRs
   in benchmarks/results/jpeg/psnr.json (committed)."""
-  record = os.path.join(STORE, "psnr.json")
-  psnr = {}
-  if os.path.exists(record):
-    with open(record) as f:
-      psnr = json.load(f)
+  psnr = _psnrs()
   for q in qualities:
     path = os.path.join(REPO, zip_for(q))
     if not os.path.exists(path):
       psnr[str(q)] = reencode(os.path.join(REPO, SOURCE), path, q)
       print(f"wrote {path}: PSNR {psnr[str(q)]:.2f} dB against the quality-75 source")
-  os.makedirs(os.path.dirname(record), exist_ok=True)
-  with open(record, "w") as f:
+  os.makedirs(STORE, exist_ok=True)
+  with open(PSNR_RECORD, "w") as f:
     json.dump(psnr, f, indent=1)
 
 
@@ -126,11 +133,7 @@ def run(names, root: str) -> None:
 
 
 def collect(root: str) -> str:
-  record = os.path.join(STORE, "psnr.json")
-  psnr = {}
-  if os.path.exists(record):
-    with open(record) as f:
-      psnr = json.load(f)
+  psnr = _psnrs()
   lines = ["| data | PSNR vs the quality-75 source (dB) | seed | test accuracy (full 10k) |",
            "|---|---|---|---|"]
   for name in runs():
