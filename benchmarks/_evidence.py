@@ -1,4 +1,4 @@
-"""What the evidence scripts (cifar_, imp_, siblings_ and slt_results.py) share.
+"""What the evidence scripts (cifar_, imp_, siblings_, slt_results.py, jpeg_quality.py) share.
 
 Each script names its runs (name -> lottery_jax.main arguments); this module turns a
 run into its command line, runs a list of them (resumable), reads and stores their
@@ -29,6 +29,22 @@ def command(args: list[str], root: str, name: str) -> list[str]:
   """The command line of run `name` (arguments `args`), its workdir under `root`."""
   return ([sys.executable, "-m", "lottery_jax.main"] + args
           + [f"--workdir={os.path.join(root, name)}"])
+
+
+def select(names: Iterable[str], known: Iterable[str], aliases: Iterable[str] = ()) -> list[str]:
+  """The runs `names` asks for, or every run of `known` when it is empty.
+
+  A name that is neither a run nor one of the script's `aliases` ends the script with a
+  message that names it and lists the runs there are (exit status 1).
+  """
+  known = list(known)
+  names = list(names) or known
+  unknown = [n for n in names if n not in known and n not in set(aliases)]
+  if unknown:
+    raise SystemExit(f"unknown run name(s): {', '.join(unknown)}. The runs are: "
+                     f"{', '.join(known)}" + (f"; and the groups: {', '.join(aliases)}"
+                                               if aliases else "") + ".")
+  return names
 
 
 def print_commands(names: Iterable[str], root: str,

@@ -654,10 +654,10 @@ def main() -> None:
     os.makedirs(os.path.dirname(a.sub_zip) or ".", exist_ok=True)
     make_subset(a.zip, a.sub_zip, train_per_class=1000, test_per_class=500)
   elif a.what == "commands":
-    ev.print_commands(a.names or runs(), a.root, lambda name, root: command(name, root, **kw))
+    ev.print_commands(ev.select(a.names, runs()), a.root, lambda name, root: command(name, root, **kw))
   elif a.what == "run":
     names = []
-    for n in a.names or list(runs()):
+    for n in ev.select(a.names, runs(), aliases=("full", "bn")):
       if n == "full":
         names += list(FULL_ORDER)
       elif n == "bn":   # the re-estimations whose source run has finished

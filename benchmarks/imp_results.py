@@ -243,13 +243,13 @@ def main() -> None:
                   help="relative paths are relative to the repository root")
   args = ap.parse_args()
   if args.action == "commands":
-    ev.print_commands(runs(), args.root, command)
+    ev.print_commands(ev.select(args.names, runs()), args.root, command)
   elif args.action == "subset":
     write_subset()
   elif args.action == "run":
-    run(args.names or list(runs()), args.root)
+    run(ev.select(args.names, runs()), args.root)
   elif args.action == "store":
-    for name in args.names or list(runs()):
+    for name in ev.select(args.names, runs()):
       store(args.root, name)
   else:
     print(collect(args.root))

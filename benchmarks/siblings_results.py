@@ -238,11 +238,11 @@ def main() -> None:
   a = ap.parse_args()
   os.chdir(REPO)
   if a.what == "commands":
-    ev.print_commands(a.names or runs(), a.root, command)
+    ev.print_commands(ev.select(a.names, runs()), a.root, command)
   elif a.what == "run":
-    run(a.names or list(runs()), a.root)
+    run(ev.select(a.names, runs()), a.root)
   elif a.what == "store":
-    for name in a.names or runs():
+    for name in ev.select(a.names, runs()):
       store(a.root, name)
   else:
     collect(a.root)

@@ -311,9 +311,9 @@ def main() -> None:
                   help="relative paths are relative to the repository root")
   args = ap.parse_args()
   if args.action == "commands":
-    ev.print_commands(args.names or runs(), args.root, command)
+    ev.print_commands(ev.select(args.names, runs()), args.root, command)
   elif args.action == "run":
-    run(args.names or list(runs()), args.root)
+    run(ev.select(args.names, runs()), args.root)
   else:
     print(collect(args.root))
 

@@ -129,3 +129,25 @@ def test_jpeg_quality_reencodes_every_image_and_lowers_psnr_with_quality(tmp_pat
   assert any("cifar10-q50.zip" in a for a in runs["q50_s0"])
   assert any(a.endswith("cifar10-jpeg.zip") for a in runs["q75_s1"])
   assert "--config.model.conv=torch" in runs["q30_s0"]
+
+
+def test_evidence_scripts_name_an_unknown_run_and_honour_the_names_given():
+  """Every evidence script's `commands NAME...` prints the commands of those runs only,
+  and an unknown name ends it with status 1 and a message that lists the runs, not a
+  KeyError traceback (imp_results and jpeg_quality used to ignore the names)."""
+  import subprocess
+  scripts = {"imp_results": "imp_digits_s1", "slt_results": "m1d_p0.20_r0.20_s1",
+             "siblings_results": "mnist1d_s2", "cifar_results": "full/jackpot90_s1",
+             "jpeg_quality": "q50_s0"}
+  for script, name in scripts.items():
+    path = os.path.join(BENCH, script + ".py")
+    ok = subprocess.run([sys.executable, path, "commands", name], capture_output=True,
+                        text=True, check=False)
+    assert ok.returncode == 0, (script, ok.stderr)
+    lines = ok.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("/" + name), (script, lines)
+    bad = subprocess.run([sys.executable, path, "commands", name, "no_such_run"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 1, (script, bad.returncode)
+    assert "unknown run name(s): no_such_run" in bad.stderr and name in bad.stderr, script
+    assert "Traceback" not in bad.stderr and bad.stdout == "", script
