@@ -22,7 +22,7 @@ quality costs more than the one above it), what the step from lossless to 75 may
 an extrapolation, labelled as such where it is used.
 
   python benchmarks/jpeg_quality.py reencode        # runs/cifar/cifar10-q{95,50,30}.zip, ~25 s each
-  python benchmarks/jpeg_quality.py run             # the five runs, resumable
+  python benchmarks/jpeg_quality.py run             # the runs not yet stored, resumable
   python benchmarks/jpeg_quality.py collect         # the table (PSNR and accuracy)
 
 Finished summaries are copied to benchmarks/results/jpeg/ (committed); `collect --root
@@ -153,11 +153,17 @@ def main() -> None:
                   help="relative paths are relative to the repository root")
   args = ap.parse_args()
   if args.action == "commands":
-    ev.print_commands(runs(), args.root, command)
+    ev.print_commands(ev.select(args.names, runs()), args.root, command)
   elif args.action == "reencode":
     write_zips()
   elif args.action == "run":
-    run(args.names or list(runs()), args.root)
+    if args.names:
+      names = ev.select(args.names, runs())
+    else:   # the runs not stored yet (a workdir under runs/ need not outlive a session)
+      names = [n for n in runs() if ev.load(n, STORE) is None]
+      print("stored already, not run again:",
+            ", ".join(n for n in runs() if n not in names) or "none")
+    run(names, args.root)
   else:
     print(collect(args.root))
 
