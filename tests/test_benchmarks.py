@@ -151,3 +151,18 @@ def test_evidence_scripts_name_an_unknown_run_and_honour_the_names_given():
     assert bad.returncode == 1, (script, bad.returncode)
     assert "unknown run name(s): no_such_run" in bad.stderr and name in bad.stderr, script
     assert "Traceback" not in bad.stderr and bad.stdout == "", script
+
+
+def test_jpeg_proxy_measures_each_compression_step_on_packaged_photographs():
+  """benchmarks/jpeg_quality.py proxy: the stand-in tiles exist (the packages still ship
+  the photographs), have CIFAR's shape, and the PSNR of each JPEG step falls as the
+  quality does: 75 -> 95 distorts least, 75 -> 30 more than 75 -> 50."""
+  sys.path.insert(0, BENCH)
+  try:
+    import jpeg_quality  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(BENCH)
+  rec = jpeg_quality.proxy_distortion(jpeg_quality.proxy_images(), factor=8)
+  assert rec["tiles"] >= 8 and rec["factor"] == 8
+  assert rec["75->95"] > rec["lossless->75"] > rec["75->30"], rec
+  assert rec["75->95"] > rec["75->50"] > rec["75->30"] > 15, rec
