@@ -16,8 +16,8 @@ short recipe, scored on the full test set at the same quality:
 The recipe is cifar_results.py's reduced pretraining (10 epochs of the 50k train split,
 cosine from lr 0.1, Nesterov, wd 5e-4, batch 128, crop + flip) with PyTorch's CPU
 convolutions (`--config.model.conv=torch`, opt-in and recorded in config.json; needs the
-`torch` extra), 33-37 minutes a run on the 2-core VM (q50_s0 1,999 s, q95_s0 2,224 s,
-2026-12-03, one run at a time). How accuracy falls from 75 to 50 (and 30) says what a
+`torch` extra), 29-37 minutes a run on the 2-core VM (q30_s0 1,725 s, q50_s0 1,999 s,
+q95_s0 2,224 s, 2026-12-03, one run at a time). How accuracy falls from 75 to 50 (and 30) says what a
 step of further compression costs this network; what the step from lossless to 75 cost
 it can only be inferred from that: an extrapolation, labelled as such where it is used.
 A proxy bears on it: on 32x32 tiles of photographs that install with scikit-learn
