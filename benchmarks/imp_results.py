@@ -31,6 +31,12 @@ or `mnist1d` (MNIST-1D generated offline, 1,000 test sequences: 0.1 points); see
   train subset (`subset` writes it to runs/cifar/cifar10-train10k.zip from
   ../shared/datasets/cifar10-jpeg.zip, seed 0, 1000 images per class; `run` writes it
   when missing), scored on the full 10k test set (0.01 points per image).
+* `imp_cifar10_resnet20_s<seed>`: configs/imp_resnet20_cifar10.py:...,subset (the
+  zoo's full-width ResNet-20, open_lth's SGD recipe shortened to 4 epochs of the same
+  train subset (312 steps, lr x0.1 at 50% and 75%), 3 levels of 50% global magnitude
+  pruning, classifier included, every level rewound to step 20 (late rewinding), both
+  controls; PyTorch's CPU convolutions, `--config.model.conv=torch`, opt-in and
+  recorded in config.json), scored on the full 10k test set.
 * `tvf_cifar10_s<seed>`: configs/ticket_vs_finetune_cifar10.py:conv2,...,subset (the
   same Conv-2 and train subset, no augmentation, SGD with momentum 0.9, wd 5e-4, cosine,
   batch 60; per eta in {0.01, 0.03, 0.1}: 3 epochs of the subset (498 steps) of dense
@@ -87,6 +93,10 @@ def runs() -> dict[str, list[str]]:
     out[f"imp_cifar10_s{seed}"] = [
         f"--config=configs/imp_conv_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
         f"--config.seed={seed}", "--config.progress_bar=False"]
+  for seed in SEEDS:   # ResNet-20 with late rewinding (seed 0 measured so far)
+    out[f"imp_cifar10_resnet20_s{seed}"] = [
+        f"--config=configs/imp_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset",
+        "--config.model.conv=torch", f"--config.seed={seed}", "--config.progress_bar=False"]
   for seed in SEEDS:   # after every IMP run (the order `run` takes)
     out[f"tvf_cifar10_s{seed}"] = [
         f"--config=configs/ticket_vs_finetune_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
@@ -125,17 +135,18 @@ def collect(root: str) -> str:
 
   # Only data sets with finished runs get a panel.
   def with_runs(kind: str) -> list[str]:
-    return [ds for ds in (*DATA, "cifar10")
+    return [ds for ds in (*DATA, "cifar10", "cifar10_resnet20")
             if any(S.get(f"{kind}_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
   imp_ds, tvf_ds = with_runs("imp"), with_runs("tvf")
 
   # ---- IMP: accuracy against sparsity, ticket / re-init / random pruning.
   fig, axs = plt.subplots(1, len(imp_ds), figsize=(5 * len(imp_ds), 3.8), squeeze=False)
   for ax, ds in zip(axs[0], imp_ds):
-    summaries = [S[f"imp_{ds}_s{s}"] for s in SEEDS if S[f"imp_{ds}_s{s}"]]
+    seeds = [s for s in SEEDS if S[f"imp_{ds}_s{s}"]]
+    summaries = [S[f"imp_{ds}_s{s}"] for s in seeds]
     if not summaries:
       continue
-    lines += [f"#### IMP on {ds} (seeds {', '.join(str(s) for s in SEEDS[:len(summaries)])})",
+    lines += [f"#### IMP on {ds} (seeds {', '.join(map(str, seeds))})",
               "", "| level | weights left | ticket | re-init | random pruning | ticket - re-init | "
               "ticket - random |", "|---|---|---|---|---|---|---|"]
     levels = [r["level"] for r in summaries[0]["levels"]]
@@ -179,13 +190,14 @@ def collect(root: str) -> str:
   fig, axs = plt.subplots(1, len(tvf_ds), figsize=(5 * len(tvf_ds), 3.8), squeeze=False)
   fig2, ax2 = plt.subplots(figsize=(5, 3.6))
   for ax, ds in zip(axs[0], tvf_ds):
-    summaries = [S[f"tvf_{ds}_s{s}"] for s in SEEDS if S[f"tvf_{ds}_s{s}"]]
+    seeds = [s for s in SEEDS if S[f"tvf_{ds}_s{s}"]]
+    summaries = [S[f"tvf_{ds}_s{s}"] for s in seeds]
     if not summaries:
       continue
     sp = summaries[0]["sparsity"]
     lines += [f"#### Ticket vs re-init vs prune & fine-tune on {ds}, {100 * sp:.0f}% sparse, "
               f"equal budget ({summaries[0]['sparse_epochs']:g} epochs each; seeds "
-              f"{', '.join(str(s) for s in SEEDS[:len(summaries)])})", "",
+              f"{', '.join(map(str, seeds))})", "",
               "| eta | dense | ticket | re-init | prune & fine-tune | ticket - re-init | "
               "fine-tune - ticket | r(theta_0, theta_T) all | kept |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -30,8 +30,19 @@ evidence uses Conv-2 (`imp_conv_cifar10.py:conv2,...,subset`) instead.
 from lottery_jax import recipes
 
 
+# `,subset` (2-core CPU scale): epochs of the 10k-image subset per training, levels,
+# the fraction pruned per level and the rewind step.
+SUBSET_EPOCHS = 4.0
+SUBSET_LEVELS = 3
+SUBSET_PRUNE_FRACTION = 0.5
+SUBSET_REWIND_STEP = 20
+
+
 def get_config(arg: str = ""):
-  c = recipes.cifar_pretrain(arg, model="cifar_resnet20")
+  data_arg, options = recipes.split_options(arg.split(",") if arg else [],
+                                            flags=("subset",))
+  subset = "subset" in options
+  c = recipes.cifar_pretrain(data_arg, model="cifar_resnet20")
   c.experiment = "imp"
   c.optimizer.learning_rate = 0.1
   c.optimizer.momentum = 0.9
@@ -50,4 +61,13 @@ def get_config(arg: str = ""):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 1
+  if subset:
+    c.num_epochs = SUBSET_EPOCHS
+    c.optimizer.milestones = tuple(SUBSET_EPOCHS * f for f in (0.5, 0.75))
+    c.imp.levels = SUBSET_LEVELS
+    c.imp.prune_fraction = SUBSET_PRUNE_FRACTION
+    c.imp.rewind_step = SUBSET_REWIND_STEP
+    c.eval_every_epochs = 0.0
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 100
   return c

@@ -476,11 +476,26 @@ def test_fields_added_since_a_run_at_their_defaults_do_not_block_its_resume():
 # ------------------------------------------------------------------ CIFAR configs
 CIFAR = [("imp_conv_cifar10", "conv2"), ("imp_conv_cifar10", "conv4"),
          ("imp_conv_cifar10", "conv6"), ("imp_conv_cifar10", "conv2,subset"),
-         ("imp_resnet20_cifar10", ""),
+         ("imp_resnet20_cifar10", ""), ("imp_resnet20_cifar10", "subset"),
          ("ticket_vs_finetune_cifar10", "vgg19"),
          ("ticket_vs_finetune_cifar10", "mobilenet_v2"),
          ("ticket_vs_finetune_cifar10", "conv2"),
          ("ticket_vs_finetune_cifar10", "conv2,subset")]
+
+
+def test_imp_resnet20_cifar10_subset_is_the_reduced_late_rewinding_scale():
+  """`,subset` shortens open_lth's recipe (benchmarks/imp_results.py's ResNet-20 runs)
+  and keeps what makes it this config: SGD 0.1 with step decay at the same fractions of
+  training, global pruning with the classifier, late rewinding, both controls."""
+  full = load_config("imp_resnet20_cifar10", "")
+  c = load_config("imp_resnet20_cifar10", "folder=/x.zip,subset")
+  assert c.data.path == "/x.zip" and c.data.augment
+  assert c.num_epochs == 4.0 and c.optimizer.milestones == (2.0, 3.0)
+  assert [m / c.num_epochs for m in c.optimizer.milestones] == [
+      m / full.num_epochs for m in full.optimizer.milestones]
+  assert (c.imp.levels, c.imp.prune_fraction, c.imp.rewind_step) == (3, 0.5, 20)
+  assert c.imp.scope == "global" and c.prune_classifier and c.imp.controls
+  assert (c.optimizer.learning_rate, c.optimizer.weight_decay) == (0.1, 1e-4)
 
 
 def test_ticket_vs_finetune_cifar10_subset_is_conv2_only():
