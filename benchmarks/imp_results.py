@@ -93,7 +93,7 @@ def runs() -> dict[str, list[str]]:
     out[f"imp_cifar10_s{seed}"] = [
         f"--config=configs/imp_conv_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
         f"--config.seed={seed}", "--config.progress_bar=False"]
-  for seed in SEEDS:   # ResNet-20 with late rewinding (seed 0 measured so far)
+  for seed in SEEDS:   # ResNet-20 with late rewinding (added 2026-12-04, not run yet)
     out[f"imp_cifar10_resnet20_s{seed}"] = [
         f"--config=configs/imp_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset",
         "--config.model.conv=torch", f"--config.seed={seed}", "--config.progress_bar=False"]

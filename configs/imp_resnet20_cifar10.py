@@ -25,6 +25,12 @@ a step beside another CPU job (0.3-0.65 s quiet, BENCHMARKS.md's ResNet-20 steps
 one 160-epoch training is 62,560 steps, 5-11 quiet hours, and the 31 trainings (dense,
 10 levels, 2 controls each) 7-15 CPU-days. RESULTS.md's CIFAR-10 IMP
 evidence uses Conv-2 (`imp_conv_cifar10.py:conv2,...,subset`) instead.
+
+`,subset` after the folder (`:folder=PATH,subset`) is a 2-core CPU scale for the 10k-image
+train subset of `python benchmarks/imp_results.py subset`: 4 epochs per training (312
+steps, lr x0.1 at 50% and 75%), 3 levels of 50% global pruning, every level rewound to
+step 20, both controls (`imp_results.py` runs `imp_cifar10_resnet20_s<seed>`). Not run
+yet: no measured result.
 """
 
 from lottery_jax import recipes
@@ -62,8 +68,10 @@ def get_config(arg: str = ""):
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 1
   if subset:
+    # The full recipe's decay points at the same fractions of the shorter training.
+    c.optimizer.milestones = tuple(m * SUBSET_EPOCHS / c.num_epochs
+                                   for m in c.optimizer.milestones)
     c.num_epochs = SUBSET_EPOCHS
-    c.optimizer.milestones = tuple(SUBSET_EPOCHS * f for f in (0.5, 0.75))
     c.imp.levels = SUBSET_LEVELS
     c.imp.prune_fraction = SUBSET_PRUNE_FRACTION
     c.imp.rewind_step = SUBSET_REWIND_STEP
