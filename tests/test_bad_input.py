@@ -325,3 +325,16 @@ def test_a_workdir_that_is_a_file(tmp_path, capsys):
   assert code == 2 and len(err.strip().splitlines()) == 1, err
   assert str(target) in err
   assert target.read_text() == "mine"
+
+
+def test_gpu_runs_are_warned_that_bitwise_reproducibility_needs_deterministic_ops():
+  """The CPU-tested bitwise promises need XLA's deterministic GPU kernels on a GPU
+  (measured on an H200, BENCHMARKS.md): a GPU run without the flag is told so, a GPU
+  run with it and any CPU or TPU run are not."""
+  from lottery_jax.main import GPU_DETERMINISM_FLAG, gpu_determinism_warning
+  msg = gpu_determinism_warning("gpu", "")
+  assert msg is not None and GPU_DETERMINISM_FLAG in msg and "docs/reliability.md" in msg
+  assert gpu_determinism_warning("gpu", f"--xla_gpu_autotune_level=2 {GPU_DETERMINISM_FLAG}") is None
+  assert gpu_determinism_warning("gpu", "--xla_gpu_deterministic_ops=false") is not None
+  assert gpu_determinism_warning("cpu", "") is None
+  assert gpu_determinism_warning("tpu", "") is None
