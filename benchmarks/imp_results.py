@@ -182,7 +182,8 @@ def collect(root: str) -> str:
     ax.invert_xaxis()
     ax.set_xlabel("weights left (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"IMP, {ds} ({len(summaries)} seeds, mean ± std)")
+    n = len(summaries)
+    ax.set_title(f"IMP, {ds} ({n} seed{'s' if n > 1 else ''}, mean ± std)")
     ax.legend()
   ev.savefig(fig, "imp_accuracy_vs_sparsity.png")
 
