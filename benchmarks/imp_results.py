@@ -93,10 +93,20 @@ def runs() -> dict[str, list[str]]:
     out[f"imp_cifar10_s{seed}"] = [
         f"--config=configs/imp_conv_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
         f"--config.seed={seed}", "--config.progress_bar=False"]
-  for seed in SEEDS:   # ResNet-20 with late rewinding (added 2026-12-04, not run yet)
+  for seed in SEEDS:   # ResNet-20 with late rewinding (added 2026-12-04)
     out[f"imp_cifar10_resnet20_s{seed}"] = [
         f"--config=configs/imp_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset",
         "--config.model.conv=torch", f"--config.seed={seed}", "--config.progress_bar=False"]
+  # A control for the ResNet-20 tickets' lead over dense (added 2026-12-04): a level-k
+  # ticket's mask comes from k trainings of 312 steps, so its training has seen
+  # (k+1) x 312 steps in all; this is the dense network trained for level 3's 1,248
+  # (16 epochs of the subset, the same schedule shape: lr x0.1 at 50% and 75%).
+  for seed in SEEDS:
+    out[f"dense16_cifar10_resnet20_s{seed}"] = [
+        f"--config=configs/imp_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset",
+        "--config.model.conv=torch", "--config.imp.levels=0", "--config.imp.controls=False",
+        "--config.num_epochs=16.0", "--config.optimizer.milestones=(8.0,12.0)",
+        f"--config.seed={seed}", "--config.progress_bar=False"]
   for seed in SEEDS:   # after every IMP run (the order `run` takes)
     out[f"tvf_cifar10_s{seed}"] = [
         f"--config=configs/ticket_vs_finetune_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
@@ -169,6 +179,13 @@ def collect(root: str) -> str:
       lines.append(f"| {lv} | {100 * (1 - sp):.2f}% | {ev.pm(t)} | {ev.pm(ri)} | {ev.pm(rp)} | "
                    f"{_diff(vr)} | {_diff(vp)} |")
     lines.append("")
+    long = [(s_, S.get(f"dense16_{ds}_s{s_}")) for s_ in SEEDS]
+    long = [(s_, x) for s_, x in long if x]
+    if long:   # the dense network trained as long as level 3's cumulative training
+      acc = [x["levels"][0]["test_accuracy"] for _, x in long]
+      lines += [f"Dense, trained 16 epochs (the {len(levels)} trainings' steps in one run; "
+                f"seeds {', '.join(str(s_) for s_, _ in long)}): {ev.pm(acc)}", ""]
+      ax.axhline(100 * np.mean(acc), color="gray", ls="-.", lw=1, label="dense, 16 epochs")
     for (label, st), style in zip(arms.items(), ("o-", "s--", "^:")):
       pts = [(x, s) for x, s in zip(left, st) if s is not None]
       if not pts:
