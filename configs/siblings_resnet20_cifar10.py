@@ -34,10 +34,11 @@ theta_k; scored on a fixed random 2,000 of the 10k test images (0.05 points an i
 (`--config.siblings.shared_epochs_sweep=...`, every k below E). Measured with
 `,subset,epochs=5`, k in {0, 0.25, 1, 2}, the siblings one after another
 (`siblings.vmap=False --config.model.conv=xla`; benchmarks/siblings_results.py run
-`cifar10_e5_s0`, 2026-12-03): 91 min for the whole sweep on 2 cores (25 of them beside
-a test-suite run), dense siblings at 37-40%; overlap at k = 0 0.62 at 80% (chance
-0.16), 0.88 at k = 2; union and intersection within 2.1 points of one-shot at k = 1
-and 2, 1.3-8.5 points behind it at k <= 0.25 (one seed; RESULTS.md).
+`cifar10_e5_s0`, `_s1`, `_s2`, 2026-12-03/04): 50 min for the whole sweep on 2 quiet
+cores (seed 1; 87-91 min beside other jobs), dense siblings at 38-40%; seeds 0-2, mean ±
+std: overlap at k = 0 0.61 ± 0.02 at 80% (chance 0.15), 0.67, 0.78, 0.88 at k = 0.25, 1,
+2; union and intersection within 1 point of one-shot at k = 1 and 2, and 3-4.5 points
+behind it at k = 0 in every seed (RESULTS.md has the paired tests).
 Measured (2026-12-03, 2 cores shared with a training run and other jobs, load average
 10-28, nice 19): 9-17 s a vmapped step of the 4 siblings (35 s at full width, 9 s at
 quarter width in a smoke at load 15), 2-5 min per stage before its first step (data,
