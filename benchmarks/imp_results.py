@@ -104,8 +104,7 @@ def runs() -> dict[str, list[str]]:
   for seed in SEEDS:
     out[f"dense16_cifar10_resnet20_s{seed}"] = [
         f"--config=configs/imp_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset",
-        "--config.model.conv=torch", "--config.imp.levels=0", "--config.imp.controls=False",
-        "--config.num_epochs=16.0", "--config.optimizer.milestones=(8.0,12.0)",
+        "--config.model.conv=torch", "--config.experiment=train", "--config.num_epochs=16.0", "--config.optimizer.milestones=(8.0,12.0)",
         f"--config.seed={seed}", "--config.progress_bar=False"]
   for seed in SEEDS:   # after every IMP run (the order `run` takes)
     out[f"tvf_cifar10_s{seed}"] = [
@@ -182,7 +181,7 @@ def collect(root: str) -> str:
     long = [(s_, S.get(f"dense16_{ds}_s{s_}")) for s_ in SEEDS]
     long = [(s_, x) for s_, x in long if x]
     if long:   # the dense network trained as long as level 3's cumulative training
-      acc = [x["levels"][0]["test_accuracy"] for _, x in long]
+      acc = [x["final_eval"]["accuracy"] for _, x in long]
       lines += [f"Dense, trained 16 epochs (the {len(levels)} trainings' steps in one run; "
                 f"seeds {', '.join(str(s_) for s_, _ in long)}): {ev.pm(acc)}", ""]
       ax.axhline(100 * np.mean(acc), color="gray", ls="-.", lw=1, label="dense, 16 epochs")
