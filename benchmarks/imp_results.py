@@ -104,7 +104,8 @@ def runs() -> dict[str, list[str]]:
   for seed in SEEDS:
     out[f"dense16_cifar10_resnet20_s{seed}"] = [
         f"--config=configs/imp_resnet20_cifar10.py:folder={CIFAR_SUBSET},subset",
-        "--config.model.conv=torch", "--config.experiment=train", "--config.num_epochs=16.0", "--config.optimizer.milestones=(8.0,12.0)",
+        "--config.model.conv=torch", "--config.experiment=train",
+        "--config.num_epochs=16.0", "--config.optimizer.milestones=(8.0,12.0)",
         f"--config.seed={seed}", "--config.progress_bar=False"]
   for seed in SEEDS:   # after every IMP run (the order `run` takes)
     out[f"tvf_cifar10_s{seed}"] = [

@@ -69,7 +69,7 @@ def gpu_determinism_warning(backend: str, xla_flags: str) -> str | None:
   The bitwise promises of docs/reliability.md (a resumed run ends where the
   uninterrupted one ends; the same command twice gives the same arrays) are tested on
   the CPU. On an NVIDIA GPU XLA may choose kernels whose reductions are ordered by the
-  scheduler; measured on an H200 (BENCHMARKS.md, "Siblings on a GPU"), two runs of
+  scheduler; measured on an H200 (docs/reliability.md, "On a GPU"), two runs of
   configs/siblings_quick.py already differed after their first 22-step stage, and with
   the flag below every exported array of two runs was bitwise equal."""
   if backend != "gpu" or GPU_DETERMINISM_FLAG in xla_flags.split():
