@@ -30,14 +30,14 @@ evidence uses Conv-2 (`imp_conv_cifar10.py:conv2,...,subset`) instead.
 train subset of `python benchmarks/imp_results.py subset`: 4 epochs per training (312
 steps, lr x0.1 at 50% and 75%), 3 levels of 50% global pruning, every level rewound to
 step 20, both controls (`imp_results.py` runs `imp_cifar10_resnet20_s<seed>`, with
-`--config.model.conv=torch`). Measured (2026-12-04, full 10k test set, seeds 0 / 1, 26 min
-a seed on the quiet 2-core CPU):
+`--config.model.conv=torch`). Measured (2026-12-04, full 10k test set, seeds 0 / 1 / 2,
+26 min a seed on the quiet 2-core CPU):
 
-  level  weights left  ticket          re-init         random pruning
-      0       100.00%  45.99 / 50.63%  -               -
-      1        50.00%  51.26 / 54.77%  45.46 / 47.21%  45.73 / 50.92%
-      2        25.00%  56.27 / 58.02%  46.80 / 45.67%  46.35 / 49.43%
-      3        12.50%  58.02 / 59.51%  46.80 / 45.54%  46.68 / 49.37%
+  level  weights left  ticket                 re-init                random pruning
+      0       100.00%  45.99 / 50.63 / 45.85  -                      -
+      1        50.00%  51.26 / 54.77 / 51.90  45.46 / 47.21 / 46.15  45.73 / 50.92 / 47.60
+      2        25.00%  56.27 / 58.02 / 56.94  46.80 / 45.67 / 49.77  46.35 / 49.43 / 43.87
+      3        12.50%  58.02 / 59.51 / 59.04  46.80 / 45.54 / 47.74  46.68 / 49.37 / 46.20
 
 The same network trained densely in one run for level 3's cumulative 1,248 steps
 (`--config.experiment=train --config.num_epochs=16.0
