@@ -11,7 +11,6 @@ finished stages and results stay as they were.
 
 import errno
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -60,26 +59,6 @@ def parse_flags(argv):
   return rest
 
 
-GPU_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
-
-
-def gpu_determinism_warning(backend: str, xla_flags: str) -> str | None:
-  """The warning a GPU run gets when XLA may pick non-deterministic kernels.
-
-  The bitwise promises of docs/reliability.md (a resumed run ends where the
-  uninterrupted one ends; the same command twice gives the same arrays) are tested on
-  the CPU. On an NVIDIA GPU XLA may choose kernels whose reductions are ordered by the
-  scheduler; measured on an H200 (docs/reliability.md, "On a GPU"), two runs of
-  configs/siblings_quick.py already differed after their first 22-step stage, and with
-  the flag below every exported array of two runs was bitwise equal."""
-  if backend != "gpu" or GPU_DETERMINISM_FLAG in xla_flags.split():
-    return None
-  return ("on a GPU, runs (and resumed runs) are bitwise reproducible only with "
-          f"XLA_FLAGS={GPU_DETERMINISM_FLAG} in the environment (possibly slower); "
-          "without it, results differ from run to run at float32 rounding, which "
-          "training amplifies. See docs/reliability.md.")
-
-
 def main(argv):
   del argv
   # Orbax and Grain log every save at INFO through absl; keep the console to ours.
@@ -95,13 +74,6 @@ def main(argv):
       malloc.limit_arenas(arena_max)
     except ValueError as e:
       _fail(str(e))
-  import jax
-  from lottery_jax.engine import distributed
-  if config.get("multihost", False):
-    distributed.initialize_once()   # before anything starts a JAX backend
-  warning = gpu_determinism_warning(jax.default_backend(), os.environ.get("XLA_FLAGS", ""))
-  if warning:
-    logging.getLogger("lottery_jax").warning(warning)
   from lottery_jax import experiments
   from lottery_jax.engine.errors import (DiskFullError, NonFiniteLossError,
                                          WorkdirInUseError)

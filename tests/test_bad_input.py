@@ -331,7 +331,7 @@ def test_gpu_runs_are_warned_that_bitwise_reproducibility_needs_deterministic_op
   """The CPU-tested bitwise promises need XLA's deterministic GPU kernels on a GPU
   (measured on an H200, BENCHMARKS.md): a GPU run without the flag is told so, a GPU
   run with it and any CPU or TPU run are not."""
-  from lottery_jax.main import GPU_DETERMINISM_FLAG, gpu_determinism_warning
+  from lottery_jax.experiments import GPU_DETERMINISM_FLAG, gpu_determinism_warning
   msg = gpu_determinism_warning("gpu", "")
   assert msg is not None and GPU_DETERMINISM_FLAG in msg and "docs/reliability.md" in msg
   assert gpu_determinism_warning("gpu", f"--xla_gpu_autotune_level=2 {GPU_DETERMINISM_FLAG}") is None
