@@ -37,6 +37,7 @@ def to_nchw(x):
 EQUIVALENCE = {  # name: (input HWC, batch); small sizes keep the CPU run short
     "resnet50": ((64, 64, 3), 2),
     "mobilenet_v2": ((64, 64, 3), 4),
+    "cifar_mobilenet_v2": ((16, 16, 3), 2),
     "cifar_resnet18": ((16, 16, 3), 2),
     "cifar_resnet20": ((32, 32, 3), 4),
     "jackpot_resnet32": ((32, 32, 3), 2),

@@ -15,6 +15,7 @@ PARAM_COUNTS = {
     ("resnet34", 1000): 21_797_672,
     ("resnet50", 1000): 25_557_032,
     ("mobilenet_v2", 1000): 3_504_872,
+    ("cifar_mobilenet_v2", 10): 2_236_682,
     ("cifar_resnet18", 10): 11_173_962,
     ("cifar_resnet20", 10): 269_722,
     ("cifar_resnet32", 10): 464_154,
@@ -35,6 +36,7 @@ FORWARD_SHAPES = {
     "resnet18": (32, 32, 3),
     "cifar_resnet18": (16, 16, 3),
     "mobilenet_v2": (32, 32, 3),
+    "cifar_mobilenet_v2": (16, 16, 3),
 }
 # Compiling these on a shared 2-core CPU is slow; they share their code with
 # resnet18, and resnet50 runs forward in both modes in tests/test_convert.py.

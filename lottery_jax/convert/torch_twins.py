@@ -126,13 +126,14 @@ class TVInvertedResidual(nn.Module):
 
 
 class TVMobileNetV2(nn.Module):
-  """torchvision.models.MobileNetV2 (width 1.0)."""
+  """torchvision.models.MobileNetV2 (width 1.0); `cifar_strides`: stride 1 in the stem
+  and the second stage (`cifar_mobilenet_v2`)."""
 
-  def __init__(self, num_classes=1000, dropout=0.2):
+  def __init__(self, num_classes=1000, dropout=0.2, cifar_strides=False):
     super().__init__()
-    settings = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1],
-                [6, 160, 3, 2], [6, 320, 1, 1]]
-    features = [conv_bn_act(3, 32, 3, 2)]
+    settings = [[1, 16, 1, 1], [6, 24, 2, 1 if cifar_strides else 2], [6, 32, 3, 2],
+                [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    features = [conv_bn_act(3, 32, 3, 1 if cifar_strides else 2)]
     inp = 32
     for t, c, n, s in settings:
       for i in range(n):
@@ -222,8 +223,8 @@ class JackpotVGGTorch(nn.Module):
     return self.classifier(self.features(x)).flatten(1)
 
 
-NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "cifar_resnet18",
-         "cifar_resnet20", "jackpot_resnet32", "jackpot_vgg19")
+NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "cifar_mobilenet_v2",
+         "cifar_resnet18", "cifar_resnet20", "jackpot_resnet32", "jackpot_vgg19")
 
 
 def make_torch(name: str, num_classes: int) -> nn.Module:
@@ -238,6 +239,8 @@ def make_torch(name: str, num_classes: int) -> nn.Module:
     return TVResNet(TVBottleneck, [3, 4, 6, 3], num_classes)
   if name == "mobilenet_v2":
     return TVMobileNetV2(num_classes, dropout=0.0)
+  if name == "cifar_mobilenet_v2":
+    return TVMobileNetV2(num_classes, dropout=0.0, cifar_strides=True)
   if name == "cifar_resnet20":
     return CifarResNetTorch(20, (16, 32, 64), num_classes, conv_fc=False)
   if name == "jackpot_resnet32":
