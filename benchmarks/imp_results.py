@@ -107,10 +107,25 @@ def runs() -> dict[str, list[str]]:
         "--config.model.conv=torch", "--config.experiment=train",
         "--config.num_epochs=16.0", "--config.optimizer.milestones=(8.0,12.0)",
         f"--config.seed={seed}", "--config.progress_bar=False"]
+  # Conv-4 and Conv-6 (added 2026-12-04): the Conv-2 runs' `,subset` scale cut to 2
+  # levels (7 trainings; 0.43 / 0.63 s a step against Conv-2's ~0.3 on the quiet CPU).
+  for net in ("conv4", "conv6"):
+    for seed in SEEDS:
+      out[f"imp_cifar10_{net}_s{seed}"] = [
+          f"--config=configs/imp_conv_cifar10.py:{net},folder={CIFAR_SUBSET},subset",
+          "--config.imp.levels=2", f"--config.seed={seed}", "--config.progress_bar=False"]
   for seed in SEEDS:   # after every IMP run (the order `run` takes)
     out[f"tvf_cifar10_s{seed}"] = [
         f"--config=configs/ticket_vs_finetune_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
         f"--config.seed={seed}", "--config.progress_bar=False"]
+  # VGG-19 and the CIFAR MobileNetV2 (added 2026-12-04): one epoch of the subset per
+  # training (78 steps at batch 128), PyTorch's CPU convolutions (XLA's depthwise
+  # convolutions take 19 s a MobileNetV2 step here against 2.8 s).
+  for net in ("vgg19", "mobilenet_v2"):
+    for seed in SEEDS:
+      out[f"tvf_cifar10_{net}_s{seed}"] = [
+          f"--config=configs/ticket_vs_finetune_cifar10.py:{net},folder={CIFAR_SUBSET},subset",
+          "--config.model.conv=torch", f"--config.seed={seed}", "--config.progress_bar=False"]
   return out
 
 
@@ -145,13 +160,23 @@ def collect(root: str) -> str:
 
   # Only data sets with finished runs get a panel.
   def with_runs(kind: str) -> list[str]:
-    return [ds for ds in (*DATA, "cifar10", "cifar10_resnet20")
+    return [ds for ds in (*DATA, "cifar10", "cifar10_resnet20", "cifar10_conv4",
+                          "cifar10_conv6", "cifar10_vgg19", "cifar10_mobilenet_v2")
             if any(S.get(f"{kind}_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
   imp_ds, tvf_ds = with_runs("imp"), with_runs("tvf")
 
+  def panels(n: int):
+    """A grid of n panels, at most 3 a row; the unused ones hidden."""
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax in axs.flat[n:]:
+      ax.set_visible(False)
+    return fig, list(axs.flat[:n])
+
   # ---- IMP: accuracy against sparsity, ticket / re-init / random pruning.
-  fig, axs = plt.subplots(1, len(imp_ds), figsize=(5 * len(imp_ds), 3.8), squeeze=False)
-  for ax, ds in zip(axs[0], imp_ds):
+  fig, axs = panels(len(imp_ds))
+  for ax, ds in zip(axs, imp_ds):
     seeds = [s for s in SEEDS if S[f"imp_{ds}_s{s}"]]
     summaries = [S[f"imp_{ds}_s{s}"] for s in seeds]
     if not summaries:
@@ -200,14 +225,14 @@ def collect(root: str) -> str:
     ax.set_xlabel("weights left (%)")
     ax.set_ylabel("test accuracy (%)")
     n = len(summaries)
-    ax.set_title(f"IMP, {ds} ({n} seed{'s' if n > 1 else ''}, mean ± std)")
+    ax.set_title(f"IMP, {ds} ({n} seed{'s, mean ± std' if n > 1 else ''})")
     ax.legend()
   ev.savefig(fig, "imp_accuracy_vs_sparsity.png")
 
   # ---- Ticket vs re-init vs prune & fine-tune at an equal budget; correlation vs eta.
-  fig, axs = plt.subplots(1, len(tvf_ds), figsize=(5 * len(tvf_ds), 3.8), squeeze=False)
+  fig, axs = panels(len(tvf_ds))
   fig2, ax2 = plt.subplots(figsize=(5, 3.6))
-  for ax, ds in zip(axs[0], tvf_ds):
+  for ax, ds in zip(axs, tvf_ds):
     seeds = [s for s in SEEDS if S[f"tvf_{ds}_s{s}"]]
     summaries = [S[f"tvf_{ds}_s{s}"] for s in seeds]
     if not summaries:
@@ -248,7 +273,9 @@ def collect(root: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate eta")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{ds}, {100 * sp:.0f}% sparse ({len(summaries)} seeds, mean ± std)")
+    n = len(summaries)
+    ax.set_title(f"{ds}, {100 * sp:.0f}% sparse "
+                 f"({n} seed{'s, mean ± std' if n > 1 else ''})")
     ax.legend(fontsize=8)
     for st, label, style in ((corr_all, f"{ds}: all weights", "o-"),
                              (corr_kept, f"{ds}: kept weights", "s--")):

@@ -32,6 +32,16 @@ full 10k test set, mean over the three seeds (RESULTS.md has the spreads and tes
       2        25.30%  55.58%   44.55%          44.70%
       3        12.78%  54.98%   39.96%          39.76%
       4         6.49%  54.12%   37.48%          36.94%
+
+`conv4,...,subset` and `conv6,...,subset` with `--config.imp.levels=2` (runs
+`imp_cifar10_conv4_s<seed>`, `imp_cifar10_conv6_s<seed>`; 2026-12-04, 277-324 s a Conv-4
+training on the 2-core CPU), seed 0 only, full 10k test set:
+
+  net     level  weights left  ticket  re-init  random pruning
+  Conv-4      0       100.00%  55.51%        -               -
+  Conv-4      1        52.70%  56.72%   51.22%          49.30%
+  Conv-4      2        28.38%  56.56%   44.92%          45.81%
+Conv-6: running (2026-12-04).
 """
 
 from lottery_jax import recipes
