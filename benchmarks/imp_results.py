@@ -119,8 +119,9 @@ def runs() -> dict[str, list[str]]:
         f"--config=configs/ticket_vs_finetune_cifar10.py:conv2,folder={CIFAR_SUBSET},subset",
         f"--config.seed={seed}", "--config.progress_bar=False"]
   # VGG-19 and the CIFAR MobileNetV2 (added 2026-12-04): one epoch of the subset per
-  # training (78 steps at batch 128), PyTorch's CPU convolutions (XLA's depthwise
-  # convolutions take 19 s a MobileNetV2 step here against 2.8 s).
+  # training (78 steps at batch 128), PyTorch's CPU convolutions (a MobileNetV2 training
+  # gradient at batch 128 takes 19.4 s with XLA's depthwise convolutions, 2.5 s with
+  # PyTorch's; BENCHMARKS.md).
   for net in ("vgg19", "mobilenet_v2"):
     for seed in SEEDS:
       out[f"tvf_cifar10_{net}_s{seed}"] = [
@@ -153,6 +154,10 @@ def _diff(v) -> str:
   return "-" if v[0] == "-" else f"{100 * v[1]:+.2f} ({v[0]})"
 
 
+def _seeds(seeds) -> str:
+  return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def collect(root: str) -> str:
   plt = ev.pyplot()
   S = {n: _load(os.path.join(REPO, root), n) for n in runs()}
@@ -181,7 +186,7 @@ def collect(root: str) -> str:
     summaries = [S[f"imp_{ds}_s{s}"] for s in seeds]
     if not summaries:
       continue
-    lines += [f"#### IMP on {ds} (seeds {', '.join(map(str, seeds))})",
+    lines += [f"#### IMP on {ds} ({_seeds(seeds)})",
               "", "| level | weights left | ticket | re-init | random pruning | ticket - re-init | "
               "ticket - random |", "|---|---|---|---|---|---|---|"]
     levels = [r["level"] for r in summaries[0]["levels"]]
@@ -239,8 +244,9 @@ def collect(root: str) -> str:
       continue
     sp = summaries[0]["sparsity"]
     lines += [f"#### Ticket vs re-init vs prune & fine-tune on {ds}, {100 * sp:.0f}% sparse, "
-              f"equal budget ({summaries[0]['sparse_epochs']:g} epochs each; seeds "
-              f"{', '.join(map(str, seeds))})", "",
+              f"equal budget ({summaries[0]['sparse_epochs']:g} "
+              f"epoch{'' if summaries[0]['sparse_epochs'] == 1 else 's'} each; "
+              f"{_seeds(seeds)})", "",
               "| eta | dense | ticket | re-init | prune & fine-tune | ticket - re-init | "
               "fine-tune - ticket | r(theta_0, theta_T) all | kept |",
               "|---|---|---|---|---|---|---|---|---|"]

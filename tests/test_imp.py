@@ -480,7 +480,8 @@ CIFAR = [("imp_conv_cifar10", "conv2"), ("imp_conv_cifar10", "conv4"),
          ("ticket_vs_finetune_cifar10", "vgg19"),
          ("ticket_vs_finetune_cifar10", "mobilenet_v2"),
          ("ticket_vs_finetune_cifar10", "conv2"),
-         ("ticket_vs_finetune_cifar10", "conv2,subset")]
+         ("ticket_vs_finetune_cifar10", "conv2,subset"),
+         ("ticket_vs_finetune_cifar10", "mobilenet_v2,subset")]
 
 
 def test_imp_resnet20_cifar10_subset_is_the_reduced_late_rewinding_scale():
@@ -498,15 +499,24 @@ def test_imp_resnet20_cifar10_subset_is_the_reduced_late_rewinding_scale():
   assert (c.optimizer.learning_rate, c.optimizer.weight_decay) == (0.1, 1e-4)
 
 
-def test_ticket_vs_finetune_cifar10_subset_is_conv2_only():
-  """`,subset` (the reduced scale of benchmarks/imp_results.py) is Conv-2's: on another
-  net it fails and names what to write instead; on conv2 it keeps the 3-rate sweep."""
-  with pytest.raises(ValueError, match="conv2,folder=PATH,subset"):
-    load_config("ticket_vs_finetune_cifar10", "vgg19,subset")
+def test_ticket_vs_finetune_cifar10_subset_is_the_reduced_scale_of_every_net():
+  """`,subset` (the reduced scale of benchmarks/imp_results.py) keeps each net's
+  sparsity, batch and augmentation and the 3-rate sweep, with equal dense and sparse
+  budgets; an unknown net fails and names the choices."""
+  with pytest.raises(ValueError, match="expected one of"):
+    load_config("ticket_vs_finetune_cifar10", "vgg16,subset")
   c = load_config("ticket_vs_finetune_cifar10", "conv2,folder=/x.zip,subset")
   assert c.ticket_vs_finetune.learning_rates == (0.01, 0.03, 0.1)
   assert c.num_epochs == c.ticket_vs_finetune.sparse_epochs == 3.0
   assert c.data.augment is False and c.data.batch_size == 60
+  for net, model, sparsity in (("vgg19", "jackpot_vgg19", 0.8),
+                               ("mobilenet_v2", "cifar_mobilenet_v2", 0.5)):
+    full = load_config("ticket_vs_finetune_cifar10", net)
+    c = load_config("ticket_vs_finetune_cifar10", f"{net},folder=/x.zip,subset")
+    assert c.model.name == full.model.name == model and c.sparsity == sparsity
+    assert c.data.augment and c.data.batch_size == full.data.batch_size == 128
+    assert c.num_epochs == c.ticket_vs_finetune.sparse_epochs == 1.0
+    assert c.ticket_vs_finetune.learning_rates == (0.01, 0.03, 0.1)
 
 
 @pytest.mark.parametrize("name,arg", CIFAR, ids=[f"{n}:{a}" for n, a in CIFAR])
