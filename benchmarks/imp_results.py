@@ -108,7 +108,7 @@ def runs() -> dict[str, list[str]]:
         "--config.num_epochs=16.0", "--config.optimizer.milestones=(8.0,12.0)",
         f"--config.seed={seed}", "--config.progress_bar=False"]
   # Conv-4 and Conv-6 (added 2026-12-04): the Conv-2 runs' `,subset` scale cut to 2
-  # levels (7 trainings; 0.43 / 0.63 s a step against Conv-2's ~0.3 on the quiet CPU).
+  # levels (7 trainings; Conv-4 took about 40 minutes a seed).
   for net in ("conv4", "conv6"):
     for seed in SEEDS:
       out[f"imp_cifar10_{net}_s{seed}"] = [

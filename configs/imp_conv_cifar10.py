@@ -41,7 +41,9 @@ training on the 2-core CPU), seed 0 only, full 10k test set:
   Conv-4      0       100.00%  55.51%        -               -
   Conv-4      1        52.70%  56.72%   51.22%          49.30%
   Conv-4      2        28.38%  56.56%   44.92%          45.81%
-Conv-6: running (2026-12-04).
+
+Conv-6 has not run at this scale: 7 trainings like Conv-4's (about 40 minutes a
+seed), with more convolution work a step.
 """
 
 from lottery_jax import recipes
