@@ -33,8 +33,8 @@ RESULTS.md has the spreads and the paired tests):
   0.03   57.19%   59.20%   51.16%             60.31%   0.907    0.917
   0.1    50.47%   53.53%   51.85%             52.09%   0.625    0.588
 
-Measured, `vgg19,...,subset` (2026-12-04, the quiet 2-core CPU, 210-420 s a training, 48
-min in all; seed 0 only, full 10k test set):
+Measured, `vgg19,...,subset` (2026-12-04, the 2-core CPU, 210-420 s a training, 62 min
+in all, the first 15 beside a test run; seed 0 only, full 10k test set):
 
   eta    dense   ticket  re-init  prune & fine-tune  r(all)  r(kept)
   0.01   36.54%   42.09%   38.84%             41.45%   0.995    0.997

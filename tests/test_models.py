@@ -268,3 +268,19 @@ def test_conv6_widths():
   assert [p[f"conv{i}"]["kernel"].shape[-1] for i in range(1, 7)] == [16, 16, 32, 32, 64, 64]
   assert p["fc1"]["kernel"].shape == (4 * 4 * 64, 256)
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(p)) == 402_842
+
+
+@pytest.mark.parametrize("name,side", [("cifar_mobilenet_v2", 4), ("mobilenet_v2", 1)])
+def test_mobilenet_v2_maps_before_pooling_on_cifar_inputs(name, side):
+  """The CIFAR strides keep 4x4 maps before the pooling on 32x32 images (stem and second
+  stage at stride 1: 32 / 8); torchvision's strides leave 1x1 (32 / 32)."""
+  model = models.get(name, num_classes=10)
+  x = jnp.zeros((1, 32, 32, 3))
+
+  def last_features():
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    return state["intermediates"]["features_18_0"]["__call__"][0]
+
+  assert jax.eval_shape(last_features).shape == (1, side, side, 1280)

@@ -1,11 +1,11 @@
 """MobileNetV2 in the torchvision layout (width 1.0), and its CIFAR variant.
 
-`cifar_mobilenet_v2` is the same network with the strides the CIFAR literature uses
-(kuangliu/pytorch-cifar, which the pruning papers' MobileNetV2 CIFAR numbers come from):
-stride 1 in the stem and in the second stage, so a 32x32 image leaves 4x4 maps before
-the pooling instead of torchvision's 1x1. It keeps torchvision's names and blocks (the
-projection shortcut kuangliu adds to stride-1 blocks that change width is not used), so
-its state dicts load into torchvision's `MobileNetV2` built with the same strides.
+`cifar_mobilenet_v2` is the same network with the strides of the common CIFAR variant
+(kuangliu/pytorch-cifar's): stride 1 in the stem and in the second stage, so a 32x32
+image leaves 4x4 maps before the pooling instead of torchvision's 1x1. It keeps
+torchvision's names and blocks (the projection shortcut kuangliu adds to stride-1 blocks
+that change width is not used), so its state dicts are torchvision-layout ones, e.g.
+those of the PyTorch twin `convert.torch_twins.TVMobileNetV2(cifar_strides=True)`.
 
 Flax paths mirror torchvision keys with `.` as `_`: `features.2.conv.1.0.weight`
 is `params["features_2"]["conv_1_0"]["kernel"]`, the classifier is
@@ -111,7 +111,8 @@ def mobilenet_v2(num_classes: int = 1000, **kw) -> MobileNetV2:
 @register("cifar_mobilenet_v2", input_shape=(32, 32, 3), classifier=("classifier_1",),
           family="cifar")
 def cifar_mobilenet_v2(num_classes: int = 10, **kw) -> MobileNetV2:
-  """MobileNetV2 with CIFAR strides (2,236,682 params at 10 classes, as `mobilenet_v2`).
+  """MobileNetV2 with CIFAR strides (2,236,682 params at 10 classes, as `mobilenet_v2`'s:
+  strides change no shapes of weights).
 
   kw: `dropout_rate`, `bn_affine`, `dtype`.
   """
