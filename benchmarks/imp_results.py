@@ -173,10 +173,10 @@ def collect(root: str) -> str:
 
   # Only data sets with finished runs get a panel.
   def with_runs(kind: str) -> list[str]:
-    return [ds for ds in (*DATA, "cifar10", "cifar10_resnet20", "cifar10_resnet20_rw0",
-                          "cifar10_conv4",
-                          "cifar10_conv6", "cifar10_vgg19", "cifar10_mobilenet_v2")
-            if any(S.get(f"{kind}_{ds}_s{s}") for s in SEEDS)] or [DATA[0]]
+    """`kind`'s data sets (`imp_<ds>_s<seed>`), in runs() order, that have a finished run."""
+    found = [n[len(kind) + 1:].rsplit("_s", 1)[0] for n in S
+             if n.startswith(f"{kind}_") and S[n]]
+    return list(dict.fromkeys(found)) or [DATA[0]]
   imp_ds, tvf_ds = with_runs("imp"), with_runs("tvf")
 
   def panels(n: int):
