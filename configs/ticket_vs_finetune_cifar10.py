@@ -46,7 +46,26 @@ At 0.03 and 0.1 nothing trains in 78 steps: the loss jumps to 3-4.5 in the first
 those rates; only 0.01 is a comparison (one seed: ticket +3.3 points over
 re-initialisation, fine-tuning 0.6 behind the ticket, no test). A longer budget or
 `--config.optimizer.warmup_epochs` is what the next measurement needs.
-`mobilenet_v2,...,subset` has not run.
+
+Measured on a lent NVIDIA H200 (2026-12-04; `benchmarks/results/gpu_h200/tvf.sh`, seed 0
+only): `<net>,folder=runs/gpu/cifar10-train35k.zip,subset` (a class-balanced 35k-image
+train subset) with `--config.num_epochs=8 --config.ticket_vs_finetune.sparse_epochs=8
+--config.optimizer.warmup_epochs=1`, one process per eta
+(`--config.ticket_vs_finetune.learning_rates=(eta,)`), full 10k test set; 2,184 steps a
+training, 57 s (VGG-19) and 96-111 s (MobileNetV2) with three runs sharing the GPU:
+
+  VGG-19, 80%       dense   ticket  re-init  prune & fine-tune  r(all)  r(kept)
+  0.01             78.91%   79.98%   79.04%             81.10%   0.993    0.996
+  0.03             81.81%   83.41%   81.31%             83.86%   0.982    0.989
+  0.1              79.60%   83.57%   79.87%             84.12%   0.937    0.951
+
+  MobileNetV2, 50%  dense   ticket  re-init  (device time ran out before fine-tuning)
+  0.01             70.44%   63.86%   62.99%
+  0.03             78.21%   74.93%   74.29%
+  0.1              81.38%   81.05%   80.85%
+
+With warmup and 28x the steps every rate trains; VGG-19's ticket lead over
+re-initialisation grows with eta here (RESULTS.md discusses it; r stays above 0.93).
 
 The full recipe (VGG-19, MobileNetV2) has not run: on this CPU one 160-epoch training is
 62,500 steps of 2.1 s (VGG-19, quiet, from the run above), 1.5 days, so the sweep's 12

@@ -166,3 +166,37 @@ def test_jpeg_proxy_measures_each_compression_step_on_packaged_photographs():
   assert rec["tiles"] >= 8 and rec["factor"] == 8
   assert rec["75->95"] > rec["lossless->75"] > rec["75->30"], rec
   assert rec["75->95"] > rec["75->50"] > rec["75->30"] > 15, rec
+
+
+def _tvf_gpu_table():
+  sys.path.insert(0, BENCH)
+  try:
+    import tvf_gpu_table  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(BENCH)
+  return tvf_gpu_table
+
+
+def test_tvf_gpu_tables_in_results_come_from_the_committed_gpu_runs():
+  t = _tvf_gpu_table()
+  root = os.path.join(os.path.dirname(BENCH), "benchmarks", "results", "gpu_h200", "tvf")
+  results = open(os.path.join(os.path.dirname(BENCH), "RESULTS.md")).read()
+  for net in ("vgg19", "mobilenet_v2"):
+    table = t.table(root, net)
+    assert table.count("\n| 0.") == 3          # one row per learning rate
+    assert table in results
+
+
+def test_tvf_gpu_table_marks_arms_a_cut_run_did_not_reach(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  t = _tvf_gpu_table()
+  stage = tmp_path / "net_lr0.1" / "lr_0.1"
+  for arm, acc in (("pretrain", 0.5), ("ticket", 0.625)):
+    (stage / arm).mkdir(parents=True)
+    (stage / arm / "summary.json").write_text(json.dumps({
+        "final_eval": {"accuracy": acc}, "initial_eval": {"accuracy": 0.1},
+        "wall_time_s": 3.0, "steps": 10, "epochs": 1.0,
+        "sparsity": {"of_all_weights": 0.8}}))
+  (tmp_path / "net_lr0.1.log").write_text("")   # logs beside the runs are skipped
+  row = [l for l in t.table(str(tmp_path), "net").splitlines() if l.startswith("| 0.1")]
+  assert row == ["| 0.1 | 50.00 | 62.50 (10.00) | not run | not run |  |  |  |  | 3-3 |"]
