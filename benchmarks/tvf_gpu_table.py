@@ -3,8 +3,9 @@ as RESULTS.md's markdown tables.
 
   python benchmarks/tvf_gpu_table.py [--root benchmarks/results/gpu_h200/tvf]
 
-The device script runs each learning rate as its own process (`<net>_lr<eta>/`, a
-one-rate `ticket_vs_finetune` run) and cuts every process at a time budget, so a run may
+The device script runs each learning rate as its own process, a one-rate
+`ticket_vs_finetune` run in `<net>_lr<eta>/` (seed 0) or `<net>_s<seed>_lr<eta>/` (one
+table per net and seed), and cuts every process at a time budget, so a run may
 lack its top-level summary.json: then the arms that finished are read from their
 stages' own summaries (`lr_<eta>/<arm>/summary.json`) and the missing ones are shown as
 "not run"; the correlations exist only in a finished run's summary.
@@ -89,9 +90,10 @@ def table(root: str, net: str) -> str:
         f"{_r(r['r_all'])} | {_r(r['r_kept'])} | "
         f"{min(walls):.0f}-{max(walls):.0f} |")
   first = runs[0]
-  head = (f"#### {net} on the lent H200, {100 * first['sparsity']:.0f}% of all weights "
+  model, seed = re.fullmatch(r"(.*?)(?:_s(\d+))?", net).groups()
+  head = (f"#### {model} on the lent H200, {100 * first['sparsity']:.0f}% of all weights "
           f"pruned, equal budget ({first['steps']:,} steps = {first['epochs']:g} epochs "
-          f"each; seed 0)\n\n")
+          f"each; seed {seed or 0})\n\n")
   return head + "\n".join(rows) + "\n"
 
 

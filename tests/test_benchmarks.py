@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
@@ -187,16 +189,19 @@ def test_tvf_gpu_tables_in_results_come_from_the_committed_gpu_runs():
     assert table in results
 
 
-def test_tvf_gpu_table_marks_arms_a_cut_run_did_not_reach(tmp_path):
+@pytest.mark.parametrize("name, seed", [("net", 0), ("net_s2", 2)])
+def test_tvf_gpu_table_marks_arms_a_cut_run_did_not_reach(tmp_path, name, seed):
   import json  # pylint: disable=import-outside-toplevel
   t = _tvf_gpu_table()
-  stage = tmp_path / "net_lr0.1" / "lr_0.1"
+  stage = tmp_path / f"{name}_lr0.1" / "lr_0.1"
   for arm, acc in (("pretrain", 0.5), ("ticket", 0.625)):
     (stage / arm).mkdir(parents=True)
     (stage / arm / "summary.json").write_text(json.dumps({
         "final_eval": {"accuracy": acc}, "initial_eval": {"accuracy": 0.1},
         "wall_time_s": 3.0, "steps": 10, "epochs": 1.0,
         "sparsity": {"of_all_weights": 0.8}}))
-  (tmp_path / "net_lr0.1.log").write_text("")   # logs beside the runs are skipped
-  row = [l for l in t.table(str(tmp_path), "net").splitlines() if l.startswith("| 0.1")]
+  (tmp_path / f"{name}_lr0.1.log").write_text("")   # logs beside the runs are skipped
+  table = t.table(str(tmp_path), name)
+  assert table.startswith("#### net on the lent H200") and f"seed {seed})" in table
+  row = [l for l in table.splitlines() if l.startswith("| 0.1")]
   assert row == ["| 0.1 | 50.00 | 62.50 (10.00) | not run | not run |  |  |  |  | 3-3 |"]

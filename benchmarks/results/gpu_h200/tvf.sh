@@ -20,6 +20,7 @@ set -o pipefail
 T0=$(date +%s)
 BUDGET=${BUDGET:-500}        # seconds from the start until results are packed
 E=${E:-8}
+SEED=${SEED:-0}              # runs of seed 0 are <net>_lr<eta>, others <net>_s<seed>_lr<eta>
 NETS=${NETS:-"vgg19 mobilenet_v2"}
 LRS=${LRS:-"0.01 0.03 0.1"}
 W=${W:-/tmp/tvf}
@@ -36,18 +37,19 @@ else
   EXTRA=(--config.data.max_eval_examples=256 --config.model.conv=torch)
 fi
 $PY -c "import jax, flax, optax, orbax.checkpoint as o, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.devices())" >> "$W/env.txt" 2>&1
-echo "E=$E NETS=$NETS LRS=$LRS BUDGET=$BUDGET workers=$WORKERS start=$(date -u +%FT%TZ)" | tee -a "$W/env.txt"
+echo "E=$E SEED=$SEED NETS=$NETS LRS=$LRS BUDGET=$BUDGET workers=$WORKERS start=$(date -u +%FT%TZ)" | tee -a "$W/env.txt"
 
 round() {  # one net, every learning rate in parallel, each process cut at the budget
-  local net=$1 left=$(( BUDGET - ($(date +%s) - T0) ))
+  local net=$1 left=$(( BUDGET - ($(date +%s) - T0) )) name
   for lr in $LRS; do
+    name=${net}_lr$lr; [ "$SEED" = 0 ] || name=${net}_s${SEED}_lr$lr
     timeout "$left" $PY -m lottery_jax.main \
       --config=configs/ticket_vs_finetune_cifar10.py:$net,folder=runs/gpu/cifar10-train35k.zip,subset \
       --config.num_epochs=$E --config.ticket_vs_finetune.sparse_epochs=$E \
       "--config.ticket_vs_finetune.learning_rates=($lr,)" --config.optimizer.warmup_epochs=1 \
       --config.checkpoint_every_steps=100000 --config.log_every_steps=100 \
-      --config.data.num_workers=$WORKERS --config.seed=0 --config.progress_bar=False \
-      "${EXTRA[@]}" --workdir="$W/${net}_lr$lr" > "$W/${net}_lr$lr.log" 2>&1 &
+      --config.data.num_workers=$WORKERS --config.seed=$SEED --config.progress_bar=False \
+      "${EXTRA[@]}" --workdir="$W/$name" > "$W/$name.log" 2>&1 &
   done
   wait
 }
@@ -60,7 +62,7 @@ for net in $NETS; do
   round "$net"
   last=$(( $(date +%s) - s ))
   echo "$net round: ${last}s $(date -u +%FT%TZ)" | tee -a "$W/env.txt"
-  grep -h "final eval\|Traceback\|Error" "$W/${net}"_lr*.log | tail -20
+  grep -h "final eval\|Traceback\|Error" "$W/${net}"_*lr*.log | tail -20
 done
 (cd "$W" && find . -name '*.json' -o -name '*.log' -o -name '*.txt' | grep -v -e /checkpoints/ -e /rewind/ \
   | tar czf "$OUT/tvf.tgz" -T -) && ls -la "$OUT"
