@@ -88,12 +88,16 @@ def table(root: str, net: str) -> str:
         f"({_pct(r['ticket_start'])}) | {_pct(a['reinit'])} | {_pct(a['finetune'])} | "
         f"{_diff(a['ticket'], a['reinit'])} | {_diff(a['finetune'], a['ticket'])} | "
         f"{_r(r['r_all'])} | {_r(r['r_kept'])} | "
-        f"{min(walls):.0f}-{max(walls):.0f} |")
-  first = runs[0]
+        f"{f'{min(walls):.0f}-{max(walls):.0f}' if walls else ''} |")
   model, seed = re.fullmatch(r"(.*?)(?:_s(\d+))?", net).groups()
-  head = (f"#### {model} on the lent H200, {100 * first['sparsity']:.0f}% of all weights "
-          f"pruned, equal budget ({first['steps']:,} steps = {first['epochs']:g} epochs "
-          f"each; seed {seed or 0})\n\n")
+  # The heading's numbers come from a ticket stage; a run cut before any has none.
+  known = next((r for r in runs if r["sparsity"] is not None), None)
+  if known is None:
+    head = f"#### {model} on the lent H200 (no ticket stage finished; seed {seed or 0})\n\n"
+  else:
+    head = (f"#### {model} on the lent H200, {100 * known['sparsity']:.0f}% of all weights "
+            f"pruned, equal budget ({known['steps']:,} steps = {known['epochs']:g} epochs "
+            f"each; seed {seed or 0})\n\n")
   return head + "\n".join(rows) + "\n"
 
 

@@ -205,3 +205,16 @@ def test_tvf_gpu_table_marks_arms_a_cut_run_did_not_reach(tmp_path, name, seed):
   assert table.startswith("#### net on the lent H200") and f"seed {seed})" in table
   row = [l for l in table.splitlines() if l.startswith("| 0.1")]
   assert row == ["| 0.1 | 50.00 | 62.50 (10.00) | not run | not run |  |  |  |  | 3-3 |"]
+
+
+def test_tvf_gpu_table_of_a_run_cut_before_its_ticket(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  t = _tvf_gpu_table()
+  stage = tmp_path / "net_lr0.01" / "lr_0.01" / "pretrain"
+  stage.mkdir(parents=True)
+  (stage / "summary.json").write_text(json.dumps({
+      "final_eval": {"accuracy": 0.5}, "initial_eval": {"accuracy": 0.1},
+      "wall_time_s": 3.0, "steps": 10, "epochs": 1.0}))
+  table = t.table(str(tmp_path), "net")
+  assert table.startswith("#### net on the lent H200 (no ticket stage finished; seed 0)")
+  assert "| 0.01 | 50.00 | not run (not run) | not run | not run |" in table
