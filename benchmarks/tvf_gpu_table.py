@@ -34,12 +34,10 @@ def read_run(run_dir: str) -> dict:
   """{eta, sparsity, acc: {arm: accuracy or None}, ticket_start, r_all, r_kept, wall}."""
   eta = float(re.search(r"_lr([0-9.]+)$", run_dir).group(1))
   stage_dir = os.path.join(run_dir, f"lr_{eta:g}")
-  acc, wall = {}, {}
-  for arm in ARMS:
-    s = _load(os.path.join(stage_dir, arm, "summary.json"))
-    acc[arm] = s["final_eval"]["accuracy"] if s else None
-    wall[arm] = s["wall_time_s"] if s else None
-  ticket = _load(os.path.join(stage_dir, "ticket", "summary.json"))
+  stages = {arm: _load(os.path.join(stage_dir, arm, "summary.json")) for arm in ARMS}
+  acc = {arm: s["final_eval"]["accuracy"] if s else None for arm, s in stages.items()}
+  wall = {arm: s["wall_time_s"] if s else None for arm, s in stages.items()}
+  ticket = stages["ticket"]
   out = dict(eta=eta, acc=acc, wall=wall,
              steps=ticket["steps"] if ticket else None,
              epochs=ticket["epochs"] if ticket else None,
