@@ -130,11 +130,16 @@ def runs() -> dict[str, list[str]]:
   # training (78 steps at batch 128), PyTorch's CPU convolutions (a MobileNetV2 training
   # gradient at batch 128 takes 19.4 s with XLA's depthwise convolutions, 2.5 s with
   # PyTorch's; BENCHMARKS.md).
+  # MobileNetV2 (run after VGG-19's seed 0) warms up linearly for the first quarter
+  # epoch (19 steps): without it VGG-19 ended near chance at eta 0.03 and 0.1, the loss
+  # jumping to 3-4.5 in the first steps, so those rates compared nothing.
   for net in ("vgg19", "mobilenet_v2"):
+    warmup = ["--config.optimizer.warmup_epochs=0.25"] if net == "mobilenet_v2" else []
     for seed in SEEDS:
       out[f"tvf_cifar10_{net}_s{seed}"] = [
           f"--config=configs/ticket_vs_finetune_cifar10.py:{net},folder={CIFAR_SUBSET},subset",
-          "--config.model.conv=torch", f"--config.seed={seed}", "--config.progress_bar=False"]
+          "--config.model.conv=torch", *warmup, f"--config.seed={seed}",
+          "--config.progress_bar=False"]
   return out
 
 
