@@ -47,6 +47,19 @@ those rates; only 0.01 is a comparison (one seed: ticket +3.3 points over
 re-initialisation, fine-tuning 0.6 behind the ticket, no test). A longer budget or
 `--config.optimizer.warmup_epochs` is what the next measurement needs.
 
+Measured, `mobilenet_v2,...,subset` with `--config.optimizer.warmup_epochs=0.25`
+(2026-12-04, the quiet 2-core CPU, 213-229 s a training, 54 min in all; seed 0 only, full
+10k test set):
+
+  eta    dense   ticket  re-init  prune & fine-tune  r(all)  r(kept)
+  0.01   18.95%   10.67%   10.02%             26.06%   0.999    0.999
+  0.03   31.34%   12.09%   18.32%             35.63%   0.994    0.995
+  0.1    35.55%   32.24%   30.68%             40.13%   0.967    0.969
+
+The two arms that start from scratch at 50% sparsity are still near chance after 78
+steps at 0.01 and 0.03, so this scale compares ticket and re-initialisation only at 0.1
+(+1.6 points, one seed); fine-tuning continues a trained network and leads at every rate.
+
 Measured on a lent NVIDIA H200 (2026-12-04; `benchmarks/results/gpu_h200/tvf.sh`, seed 0
 only): `<net>,folder=runs/gpu/cifar10-train35k.zip,subset` (a class-balanced 35k-image
 train subset) with `--config.num_epochs=8 --config.ticket_vs_finetune.sparse_epochs=8
