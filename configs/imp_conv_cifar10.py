@@ -35,17 +35,17 @@ full 10k test set, mean over the three seeds (RESULTS.md has the spreads and tes
 
 `conv4,...,subset` and `conv6,...,subset` with `--config.imp.levels=2` (runs
 `imp_cifar10_conv4_s<seed>`, `imp_cifar10_conv6_s<seed>`; 2026-12-04, 250-324 s a Conv-4
-training and 331-608 s a Conv-6 one on the 2-core CPU, the slower ones beside other
-jobs; about 35-40 and 50 minutes a seed), full 10k test set; Conv-4 seeds 0 / 1 / 2,
-Conv-6 seed 0:
+training and 331-776 s a Conv-6 one on the 2-core CPU, the slower ones beside other
+jobs; about 35-40 and 50-60 minutes a seed), full 10k test set; Conv-4 seeds 0 / 1 / 2,
+Conv-6 seeds 0 / 1:
 
   net    level  left     ticket                  re-init                 random pruning
   Conv-4     0  100.00%  55.51 / 54.32 / 53.69%  -                       -
   Conv-4     1   52.70%  56.72 / 56.36 / 54.99%  51.22 / 50.24 / 49.37%  49.30 / 49.10 / 49.88%
   Conv-4     2   28.38%  56.56 / 57.21 / 55.98%  44.92 / 43.90 / 44.09%  45.81 / 43.74 / 43.40%
-  Conv-6     0  100.00%  49.82%                  -                       -
-  Conv-6     1   62.68%  53.23%                  45.45%                  44.09%
-  Conv-6     2   40.85%  54.77%                  42.90%                  41.77%
+  Conv-6     0  100.00%  49.82 / 51.13%          -                       -
+  Conv-6     1   62.68%  53.23 / 51.25%          45.45 / 47.23%          44.09 / 46.48%
+  Conv-6     2   40.85%  54.77 / 53.38%          42.90 / 41.94%          41.77 / 42.65%
 """
 
 from lottery_jax import recipes
